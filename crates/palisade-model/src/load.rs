@@ -353,3 +353,11 @@ fn check_duplicates(loaded: &mut Loaded) {
     }
     loaded.objects = keep;
 }
+
+/// Objects from an already-parsed document (a JSON/YAML value), e.g. a policy embedded in
+/// a conformance case. Unknown kinds become notes, as in files.
+pub fn load_document(value: Value, origin: &Origin) -> Loaded {
+    let mut loaded = Loaded::default();
+    load_value(value, origin, &mut loaded);
+    loaded
+}
