@@ -1,0 +1,374 @@
+//! Offline analysis commands over manifests on disk: validate, matrix, explain, connlist,
+//! lint, conformance.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use palisade_conformance::{CaseFile, EngineProber, default_addresses};
+use palisade_engine::connlist::Connection;
+use palisade_engine::verdict::SideVerdict;
+use palisade_engine::{ClusterState, Endpoint, Flow};
+use palisade_model::load::{Loaded, load_paths};
+use palisade_model::{IpFamily, Key, Protocol};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::output::{Format, structured, table};
+
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Manifest file or folder (recursive); `-` reads stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// A `PORT/PROTOCOL` argument (`80/TCP`, `53/udp`; protocol defaults to TCP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortArg {
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::str::FromStr for PortArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (port, protocol) = s.split_once('/').unwrap_or((s, "TCP"));
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("invalid port {port:?} in {s:?} (expected 1-65535)"))?;
+        Ok(PortArg { port, protocol: protocol.parse()? })
+    }
+}
+
+impl std::fmt::Display for PortArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.port, self.protocol)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Port to probe, `PORT/PROTOCOL`. Repeatable. Default: every container port declared.
+    #[arg(long = "port", value_name = "PORT/PROTO")]
+    pub ports: Vec<PortArg>,
+    /// Address family for pods with addresses of both families.
+    #[arg(long, value_parser = parse_family)]
+    pub family: Option<IpFamily>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Source: NAMESPACE/POD (or workload name) or an IP address.
+    #[arg(long, value_parser = parse_endpoint)]
+    pub from: Endpoint,
+    /// Destination: NAMESPACE/POD or an IP address.
+    #[arg(long, value_parser = parse_endpoint)]
+    pub to: Endpoint,
+    /// `PORT/PROTOCOL`.
+    #[arg(long, value_name = "PORT/PROTO")]
+    pub port: PortArg,
+    #[arg(long, value_parser = parse_family)]
+    pub family: Option<IpFamily>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnlistArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConformanceArgs {
+    /// A case file in the format of shared/conformance/README.md.
+    #[arg(long)]
+    pub cases: PathBuf,
+    /// Run with IPv4 or IPv6 pod addresses (default: both, one after the other).
+    #[arg(long, value_parser = parse_family)]
+    pub family: Option<IpFamily>,
+    /// Only these case ids (repeatable).
+    #[arg(long = "case")]
+    pub only: Vec<String>,
+    /// Print every failing cell, not only the first 50.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+fn parse_family(s: &str) -> Result<IpFamily, String> {
+    s.parse()
+}
+
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    s.parse()
+}
+
+/// Loads and validates; any error stops the command (never a half-analysed input).
+fn load_state(paths: &[PathBuf]) -> anyhow::Result<(ClusterState, Loaded)> {
+    let loaded = load_paths(paths);
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    if !loaded.is_ok() {
+        for e in &loaded.errors {
+            eprintln!("error: {e}");
+        }
+        bail!("{} invalid input(s); run `palisade validate` for details", loaded.errors.len());
+    }
+    let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
+    Ok((state, loaded))
+}
+
+pub fn validate(args: &InputArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_paths(&args.paths);
+    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    let report = json!({
+        "objects": loaded.objects.len(),
+        "errors": errors,
+        "notes": loaded.notes,
+    });
+    if !structured(args.output, &report)? {
+        for note in &loaded.notes {
+            println!("note: {note}");
+        }
+        for e in &errors {
+            println!("error: {e}");
+        }
+        println!("{} valid object(s), {} error(s)", loaded.objects.len(), errors.len());
+    }
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn default_ports(state: &ClusterState) -> Vec<PortArg> {
+    let ports: BTreeSet<PortArg> = state
+        .pods()
+        .iter()
+        .flat_map(|p| p.ports.iter().map(|c| PortArg { port: c.port, protocol: c.protocol }))
+        .collect();
+    if ports.is_empty() {
+        vec![PortArg { port: 80, protocol: Protocol::Tcp }]
+    } else {
+        ports.into_iter().collect()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct MatrixOut {
+    port: String,
+    pods: Vec<String>,
+    /// allowed[src][dst]
+    allowed: Vec<Vec<bool>>,
+}
+
+pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
+    let (state, _) = load_state(&args.input.paths)?;
+    let ports = if args.ports.is_empty() { default_ports(&state) } else { args.ports.clone() };
+    let pods: Vec<Key> = state.pods().iter().map(|p| p.key.clone()).collect();
+    let mut out = Vec::new();
+    for port in &ports {
+        let mut allowed = Vec::new();
+        for src in &pods {
+            let mut row = Vec::new();
+            for dst in &pods {
+                let flow = Flow {
+                    src: Endpoint::Pod(src.clone()),
+                    dst: Endpoint::Pod(dst.clone()),
+                    protocol: port.protocol,
+                    port: port.port,
+                    family: args.family,
+                };
+                row.push(state.allows(&flow)?);
+            }
+            allowed.push(row);
+        }
+        out.push(MatrixOut {
+            port: port.to_string(),
+            pods: pods.iter().map(ToString::to_string).collect(),
+            allowed,
+        });
+    }
+    if !structured(args.input.output, &json!({ "matrices": out }))? {
+        for (i, m) in out.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", render_matrix(&m.port, &m.pods, &m.allowed));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The upstream e2e layout: a header row of destinations, one row per source.
+pub fn render_matrix(title: &str, pods: &[String], allowed: &[Vec<bool>]) -> String {
+    let mut rows = Vec::new();
+    for (i, src) in pods.iter().enumerate() {
+        let mut row = vec![src.clone()];
+        row.extend(allowed[i].iter().map(|a| if *a { "." } else { "X" }.to_string()));
+        rows.push(row);
+    }
+    let mut header = vec![title];
+    header.extend(pods.iter().map(String::as_str));
+    table(&header, &rows)
+}
+
+fn side_json(side: &SideVerdict) -> Value {
+    let keys = |k: &[Key]| k.iter().map(ToString::to_string).collect::<Vec<_>>();
+    match side {
+        SideVerdict::External => json!({"verdict": "allowed", "reason": "external"}),
+        SideVerdict::HostNetwork => json!({"verdict": "allowed", "reason": "host-network"}),
+        SideVerdict::NotIsolated => json!({"verdict": "allowed", "reason": "not-isolated"}),
+        SideVerdict::Allowed { isolated_by, allowed_by } => json!({
+            "verdict": "allowed",
+            "reason": "rule",
+            "isolatedBy": keys(isolated_by),
+            "allowedBy": allowed_by.iter().map(|r| json!({
+                "policy": r.policy.to_string(), "direction": r.direction.as_str(), "rule": r.index,
+            })).collect::<Vec<_>>(),
+        }),
+        SideVerdict::Denied { isolated_by } => json!({
+            "verdict": "denied", "reason": "no-rule-allows", "isolatedBy": keys(isolated_by),
+        }),
+    }
+}
+
+pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    let (state, _) = load_state(&args.input.paths)?;
+    let flow = Flow {
+        src: args.from.clone(),
+        dst: args.to.clone(),
+        protocol: args.port.protocol,
+        port: args.port.port,
+        family: args.family,
+    };
+    let e = state.explain(&flow)?;
+    let value = json!({
+        "from": flow.src.to_string(),
+        "to": flow.dst.to_string(),
+        "port": flow.port,
+        "protocol": flow.protocol.as_str(),
+        "family": e.family.to_string(),
+        "allowed": e.allowed(),
+        "egress": side_json(&e.egress),
+        "ingress": side_json(&e.ingress),
+    });
+    if !structured(args.input.output, &value)? {
+        print!("{e}");
+    }
+    Ok(if e.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The connlist JSON contract (README): `allowed` is "all" or a list of ranges.
+pub fn connections_json(conns: &[Connection]) -> Value {
+    let list: Vec<Value> = conns
+        .iter()
+        .map(|c| {
+            let allowed = if c.allowed.is_all() {
+                json!("all")
+            } else {
+                Value::Array(
+                    c.allowed
+                        .iter()
+                        .map(|(p, from, to)| json!({"protocol": p.as_str(), "from": from, "to": to}))
+                        .collect(),
+                )
+            };
+            json!({"src": c.src, "dst": c.dst, "allowed": allowed})
+        })
+        .collect();
+    json!({ "connections": list })
+}
+
+pub fn connlist(args: &ConnlistArgs) -> anyhow::Result<ExitCode> {
+    let (state, _) = load_state(&args.input.paths)?;
+    let conns = palisade_engine::connlist::connlist(&state);
+    if args.input.output == Format::Json {
+        // Compact and exactly the documented shape.
+        println!("{}", serde_json::to_string(&connections_json(&conns))?);
+    } else if !structured(args.input.output, &connections_json(&conns))? {
+        let rows: Vec<Vec<String>> = conns
+            .iter()
+            .map(|c| vec![c.src.clone(), c.dst.clone(), c.allowed.to_string()])
+            .collect();
+        print!("{}", table(&["SRC", "DST", "ALLOWED"], &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn lint(args: &LintArgs) -> anyhow::Result<ExitCode> {
+    // Invalid objects (e.g. an except outside its cidr) are findings too, so lint reports
+    // them instead of stopping.
+    let loaded = load_paths(&args.input.paths);
+    let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
+    let findings = palisade_engine::lint::lint(&state);
+    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    let value = json!({
+        "errors": errors,
+        "findings": findings.iter().map(|f| json!({
+            "policy": f.policy.to_string(), "field": f.field, "kind": f.kind.as_str(), "message": f.message,
+        })).collect::<Vec<_>>(),
+    });
+    if !structured(args.input.output, &value)? {
+        for e in &errors {
+            println!("error: {e}");
+        }
+        for f in &findings {
+            println!("warning: {f}");
+        }
+        println!("{} error(s), {} finding(s)", errors.len(), findings.len());
+    }
+    Ok(if errors.is_empty() && findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn conformance(args: &ConformanceArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.cases)
+        .with_context(|| format!("reading {}", args.cases.display()))?;
+    let file = CaseFile::parse(&text, &args.cases.display().to_string())?;
+    let families = match args.family {
+        Some(f) => vec![f],
+        None => vec![IpFamily::V4, IpFamily::V6],
+    };
+    let mut total = palisade_conformance::Report::default();
+    let several = families.len() > 1;
+    for family in families {
+        let addresses = default_addresses(&file.pods, family);
+        let report = palisade_conformance::run(
+            &file,
+            family,
+            &addresses,
+            &BTreeMap::new(),
+            &args.only,
+            &mut EngineProber,
+        );
+        let limit = if args.verbose { usize::MAX } else { 50 };
+        for f in report.failures.iter().take(limit) {
+            println!("FAIL {family}: {f}");
+        }
+        for e in &report.errors {
+            println!("ERROR {family}: {e}");
+        }
+        if several {
+            println!("{family}: {}", report.summary(false));
+        }
+        total.passed += report.passed;
+        total.failed += report.failed;
+        total.errors.extend(report.errors);
+    }
+    println!("{}", total.summary(false));
+    Ok(if total.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,58 @@
+//! # palisade-cli
+//!
+//! The `palisade` binary: the only crate that knows every layer. It parses arguments,
+//! loads manifests, calls the engine and prints. It must not make semantic decisions of
+//! its own: every verdict comes from `palisade-engine`.
+//!
+//! Exit codes: 0 = success (valid, allowed, all passed, no findings); 1 = the check said
+//! no (invalid objects, a denied flow in `explain`, failed conformance cells, lint
+//! findings); 2 = the command could not run (bad arguments, unreadable or invalid input).
+
+mod analysis;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "palisade", version, about = "Kubernetes NetworkPolicy engine: analysis, enforcement, explanations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate manifests as the API server would; report every error.
+    Validate(analysis::InputArgs),
+    /// Pod-to-pod reachability table ('.' allowed, 'X' denied).
+    Matrix(analysis::MatrixArgs),
+    /// The verdict for one flow and the reasoning behind it.
+    Explain(analysis::ExplainArgs),
+    /// Every allowed connection between pods/workloads and the external CIDRs of ipBlocks.
+    Connlist(analysis::ConnlistArgs),
+    /// Policies that are valid but probably wrong.
+    Lint(analysis::LintArgs),
+    /// Run a conformance case file against the engine.
+    Conformance(analysis::ConformanceArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(a) => analysis::validate(&a),
+        Command::Matrix(a) => analysis::matrix(&a),
+        Command::Explain(a) => analysis::explain(&a),
+        Command::Connlist(a) => analysis::connlist(&a),
+        Command::Lint(a) => analysis::lint(&a),
+        Command::Conformance(a) => analysis::conformance(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
