@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use palisade_model::{Key, Labels, Namespace, NetworkPolicy, Object, Pod};
 
@@ -26,6 +27,8 @@ pub struct ClusterState {
     selecting: HashMap<Key, BTreeSet<Key>>,
     /// policy -> pods it selects.
     selected: HashMap<Key, BTreeSet<Key>>,
+    /// address -> the pod holding it. An address belongs to one pod at a time.
+    ip_owner: HashMap<IpAddr, Key>,
 }
 
 impl ClusterState {
@@ -75,6 +78,12 @@ impl ClusterState {
         }
     }
 
+    /// Namespaces known from Namespace objects (not merely referenced), sorted.
+    pub fn declared_namespaces(&self) -> impl Iterator<Item = &str> + '_ {
+        let names: BTreeSet<&str> = self.namespaces.keys().map(String::as_str).collect();
+        names.into_iter()
+    }
+
     /// Every namespace that is declared or holds a pod or policy, sorted.
     pub fn namespace_names(&self) -> BTreeSet<&str> {
         self.namespaces
@@ -98,6 +107,16 @@ impl ClusterState {
         }
         let key = pod.key.clone();
         self.unindex_pod(&key);
+        // §10: an address now held by this pod was released by its previous holder (a pod
+        // whose delete has not arrived yet); that pod must not keep matching it.
+        for ip in &pod.ips {
+            if let Some(previous) = self.ip_owner.insert(*ip, key.clone())
+                && previous != key
+                && let Some(stale) = self.pods.get_mut(&previous)
+            {
+                stale.ips.retain(|a| a != ip);
+            }
+        }
         let mut selecting = BTreeSet::new();
         for name in self.policies_by_namespace.get(&key.namespace).into_iter().flatten() {
             let policy_key = Key::new(&key.namespace, name);
@@ -117,8 +136,13 @@ impl ClusterState {
     }
 
     fn unindex_pod(&mut self, key: &Key) -> bool {
-        if self.pods.remove(key).is_none() {
+        let Some(pod) = self.pods.remove(key) else {
             return false;
+        };
+        for ip in &pod.ips {
+            if self.ip_owner.get(ip) == Some(key) {
+                self.ip_owner.remove(ip);
+            }
         }
         for policy in self.selecting.remove(key).unwrap_or_default() {
             if let Some(pods) = self.selected.get_mut(&policy) {

@@ -1,0 +1,238 @@
+//! Sources of cluster state: Kubernetes watches (kube-rs watcher, re-listing after errors
+//! and `410 Gone`) and a manifests folder. Both send [`SourceEvent`]s of validated
+//! objects; an object that fails validation is counted and logged, and the last valid
+//! version stays in force.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use kube::runtime::watcher::{self, Event, ExponentialBackoff};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource};
+use palisade_model::error::InvalidObject;
+use palisade_model::{Key, Object, convert};
+use tokio::task::JoinHandle;
+
+use crate::AgentError;
+use crate::controller::{Change, Health, Kind, SourceEvent};
+use crate::metrics::Metrics;
+
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, AgentError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| AgentError::Kubeconfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| AgentError::Kubeconfig(format!("{}: {e}", path.display())))?
+        }
+        None => kube::Config::infer().await.map_err(|e| AgentError::Kubeconfig(e.to_string()))?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Converting a watched object into the model, by kind.
+trait Watched: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static {
+    const KIND: Kind;
+    fn convert(&self) -> Result<Object, InvalidObject>;
+    fn key(&self) -> Key;
+}
+
+fn meta_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    Key::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+impl Watched for core::Namespace {
+    const KIND: Kind = Kind::Namespace;
+    fn convert(&self) -> Result<Object, InvalidObject> {
+        convert::namespace(self).map(Object::Namespace)
+    }
+    fn key(&self) -> Key {
+        Key::new("", self.metadata.name.clone().unwrap_or_default())
+    }
+}
+
+impl Watched for core::Pod {
+    const KIND: Kind = Kind::Pod;
+    fn convert(&self) -> Result<Object, InvalidObject> {
+        convert::pod(self).map(Object::Pod)
+    }
+    fn key(&self) -> Key {
+        meta_key(&self.metadata)
+    }
+}
+
+impl Watched for net::NetworkPolicy {
+    const KIND: Kind = Kind::NetworkPolicy;
+    fn convert(&self) -> Result<Object, InvalidObject> {
+        convert::network_policy(self).map(Object::NetworkPolicy)
+    }
+    fn key(&self) -> Key {
+        meta_key(&self.metadata)
+    }
+}
+
+fn backoff(max: Duration) -> ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
+
+fn spawn_watch<K: Watched>(
+    client: Client,
+    tx: Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    max_backoff: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<K> = Api::all(client);
+        let name = format!("watch/{}", K::KIND.as_str());
+        let mut stream = watcher::watcher(api, watcher::Config::default())
+            .backoff(backoff(max_backoff))
+            .boxed();
+        let mut buffer: Vec<Object> = Vec::new();
+        let convert = |o: &K| match o.convert() {
+            Ok(object) => Some(object),
+            Err(e) => {
+                metrics.invalid_objects.inc();
+                tracing::error!(error = %e, "invalid object ignored; its last valid version stays in force");
+                None
+            }
+        };
+        while let Some(item) = stream.next().await {
+            let at = Instant::now();
+            let change = match item {
+                Err(e) => {
+                    metrics.watch_restart(K::KIND.as_str());
+                    health.source_failing(&name);
+                    tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; re-listing with backoff");
+                    continue;
+                }
+                Ok(Event::Init) => {
+                    buffer.clear();
+                    continue;
+                }
+                Ok(Event::InitApply(o)) => {
+                    buffer.extend(convert(&o));
+                    continue;
+                }
+                Ok(Event::InitDone) => {
+                    health.source_ok(&name);
+                    Change::Replace(K::KIND, std::mem::take(&mut buffer))
+                }
+                Ok(Event::Apply(o)) => {
+                    health.source_ok(&name);
+                    match convert(&o) {
+                        Some(object) => Change::Apply(object),
+                        None => continue,
+                    }
+                }
+                Ok(Event::Delete(o)) => {
+                    health.source_ok(&name);
+                    Change::Delete(K::KIND, o.key())
+                }
+            };
+            if tx.send(SourceEvent { at, change }).is_err() {
+                return; // the controller is gone
+            }
+        }
+    })
+}
+
+/// One watcher per kind, all cluster-wide (peers can be anywhere).
+pub fn spawn_kube_watchers(
+    client: Client,
+    tx: Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    max_backoff: Duration,
+) -> Vec<JoinHandle<()>> {
+    vec![
+        spawn_watch::<core::Namespace>(client.clone(), tx.clone(), metrics.clone(), health.clone(), max_backoff),
+        spawn_watch::<core::Pod>(client.clone(), tx.clone(), metrics.clone(), health.clone(), max_backoff),
+        spawn_watch::<net::NetworkPolicy>(client, tx, metrics, health, max_backoff),
+    ]
+}
+
+/// A fingerprint of the folder: every manifest file's path, size and modification time.
+fn folder_fingerprint(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64, SystemTime)>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push((entry.path(), meta.len(), meta.modified()?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Re-reads `dir` whenever its files change. A snapshot with any invalid object is not
+/// applied at all (never a half-applied folder); the previous one stays in force.
+pub fn spawn_manifests_watcher(
+    dir: PathBuf,
+    poll: Duration,
+    tx: Sender<SourceEvent>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let name = format!("manifests/{}", dir.display());
+        let mut last = None;
+        loop {
+            let at = Instant::now();
+            match folder_fingerprint(&dir) {
+                Err(e) => {
+                    health.source_failing(&name);
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot read manifests folder");
+                }
+                Ok(fp) if Some(&fp) != last.as_ref() => {
+                    let loaded = palisade_model::load::load_paths(&[&dir]);
+                    if loaded.is_ok() {
+                        health.source_ok(&name);
+                        let mut by_kind = [Vec::new(), Vec::new(), Vec::new()];
+                        for (_, o) in loaded.objects {
+                            let i = match o {
+                                Object::Namespace(_) => 0,
+                                Object::Pod(_) => 1,
+                                Object::NetworkPolicy(_) => 2,
+                            };
+                            by_kind[i].push(o);
+                        }
+                        for (kind, objects) in Kind::ALL.into_iter().zip(by_kind) {
+                            if tx.send(SourceEvent { at, change: Change::Replace(kind, objects) }).is_err() {
+                                return;
+                            }
+                        }
+                        last = Some(fp);
+                    } else {
+                        metrics.invalid_objects.inc_by(loaded.errors.len() as u64);
+                        health.source_failing(&name);
+                        for e in &loaded.errors {
+                            tracing::error!(error = %e, "manifests folder not applied");
+                        }
+                        last = Some(fp);
+                    }
+                }
+                Ok(_) => {}
+            }
+            tokio::time::sleep(poll).await;
+        }
+    })
+}
