@@ -22,6 +22,14 @@ use crate::AgentError;
 use crate::controller::{Change, Health, Kind, SourceEvent};
 use crate::metrics::Metrics;
 
+/// What the agent reads from the API, as RBAC needs it: (apiGroup, resource, verbs).
+/// deploy/01-rbac.yaml must grant exactly this (a test checks it).
+pub const REQUIRED_ACCESS: [(&str, &str, &[&str]); 3] = [
+    ("", "namespaces", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("networking.k8s.io", "networkpolicies", &["list", "watch"]),
+];
+
 pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, AgentError> {
     let config = match kubeconfig {
         Some(path) => {
