@@ -27,6 +27,7 @@
 //! Needs root, `ip` (iproute2) and, for rules, `nft`: see [`check_prerequisites`].
 
 mod cmd;
+pub mod enforce;
 mod lab;
 mod netns;
 pub mod plan;
@@ -76,4 +77,26 @@ pub enum LabError {
     UnknownPod(Key),
     #[error("the lab has no node {0}")]
     UnknownNode(usize),
+}
+
+/// For tests that need root and network namespaces: `true` when they can run; otherwise
+/// prints why not and returns `false`, unless `PALISADE_REQUIRE_ROOT_TESTS=1` (CI), which
+/// turns the skip into a panic.
+pub fn can_run_root_tests(needs_nft: bool) -> bool {
+    let checked = if needs_nft { check_prerequisites() } else { check_lab_prerequisites() };
+    match checked {
+        Ok(()) => true,
+        Err(e) if std::env::var("PALISADE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") => {
+            panic!("PALISADE_REQUIRE_ROOT_TESTS=1 but: {e}")
+        }
+        Err(e) => {
+            use std::io::Write;
+            // Straight to stderr, past the test harness's capture: a skip must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED (set PALISADE_REQUIRE_ROOT_TESTS=1 to fail instead): {e}"
+            );
+            false
+        }
+    }
 }

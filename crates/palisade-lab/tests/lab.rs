@@ -18,27 +18,8 @@ use palisade_model::{IpFamily, Key, Protocol};
 const TCP: (u16, Protocol) = (80, Protocol::Tcp);
 const UDP: (u16, Protocol) = (81, Protocol::Udp);
 
-/// `true` when the test can run; otherwise prints why not (or panics if required).
 fn can_run(needs_nft: bool) -> bool {
-    let checked = if needs_nft {
-        check_prerequisites()
-    } else {
-        check_lab_prerequisites()
-    };
-    match checked {
-        Ok(()) => true,
-        Err(e) if std::env::var("PALISADE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") => {
-            panic!("PALISADE_REQUIRE_ROOT_TESTS=1 but: {e}")
-        }
-        Err(e) => {
-            // Straight to stderr, past the test harness's capture: a skip must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (set PALISADE_REQUIRE_ROOT_TESTS=1 to fail instead): {e}"
-            );
-            false
-        }
-    }
+    palisade_lab::can_run_root_tests(needs_nft)
 }
 
 fn key(s: &str) -> Key {
