@@ -8,7 +8,9 @@
 //! no (invalid objects, a denied flow in `explain`, failed conformance cells, lint
 //! findings); 2 = the command could not run (bad arguments, unreadable or invalid input).
 
+mod agent;
 mod analysis;
+mod dataplane;
 mod output;
 
 use std::process::ExitCode;
@@ -36,6 +38,23 @@ enum Command {
     Lint(analysis::LintArgs),
     /// Run a conformance case file against the engine.
     Conformance(analysis::ConformanceArgs),
+    /// Compile one node's rules and apply them (or print them with --dry-run).
+    Apply(dataplane::ApplyArgs),
+    /// The lab: a cluster of network namespaces on this machine (root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Build a lab, enforce the bundled story step by step, show packets vs predictions.
+    Demo(dataplane::DemoArgs),
+    /// Run the node agent: watch the cluster, enforce for this node's pods.
+    Agent(agent::AgentArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Run a conformance case file with real packets through a dataplane.
+    Conformance(dataplane::LabConformanceArgs),
+    /// Remove every lab network namespace left behind (palisade-*).
+    Down,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +66,11 @@ fn main() -> ExitCode {
         Command::Connlist(a) => analysis::connlist(&a),
         Command::Lint(a) => analysis::lint(&a),
         Command::Conformance(a) => analysis::conformance(&a),
+        Command::Apply(a) => dataplane::apply(&a),
+        Command::Lab(LabCommand::Conformance(a)) => dataplane::lab_conformance(&a),
+        Command::Lab(LabCommand::Down) => dataplane::lab_down(),
+        Command::Demo(a) => dataplane::demo(&a),
+        Command::Agent(a) => agent::agent(&a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,90 @@
+//! `palisade agent`: the node agent with its flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use palisade_agent::controller::BatchConfig;
+use palisade_agent::{AgentConfig, SourceConfig};
+
+use crate::dataplane::{Backend, make_dataplane};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// This node's name: pods with this spec.nodeName are enforced here.
+    #[arg(long, env = "NODE_NAME")]
+    pub node: String,
+    /// Kubeconfig file (default: in-cluster config, then $KUBECONFIG / ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch this folder of manifests instead of the Kubernetes API.
+    #[arg(long, value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// How often the manifests folder is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub poll_ms: u64,
+    #[arg(long, value_enum, default_value_t = Backend::Nft)]
+    pub backend: Backend,
+    /// Apply the rules inside this network namespace (`ip netns` name) instead of the
+    /// agent's own; the lab runs one agent per lab node this way.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Name of the nft table the agent owns.
+    #[arg(long, default_value = "palisade")]
+    pub table: String,
+    /// Serve /healthz, /readyz and /metrics here.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+    /// Apply a batch once no event arrived for this long (milliseconds)...
+    #[arg(long, default_value_t = 5)]
+    pub batch_quiet_ms: u64,
+    /// ...or at the latest this long after its first event (milliseconds).
+    #[arg(long, default_value_t = 50)]
+    pub batch_max_ms: u64,
+    /// Upper bound of the retry backoff when the API server is unreachable (milliseconds).
+    #[arg(long, default_value_t = 5000)]
+    pub max_backoff_ms: u64,
+    /// Remove the rules when stopping. Default: leave them, so a node never opens up
+    /// because its agent restarts.
+    #[arg(long)]
+    pub cleanup_on_exit: bool,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let source = match &args.manifests {
+        Some(dir) => SourceConfig::Manifests { dir: dir.clone(), poll: Duration::from_millis(args.poll_ms) },
+        None => SourceConfig::Kubernetes { kubeconfig: args.kubeconfig.clone() },
+    };
+    let config = AgentConfig {
+        node: args.node.clone(),
+        source,
+        batch: BatchConfig {
+            quiet: Duration::from_millis(args.batch_quiet_ms),
+            max_delay: Duration::from_millis(args.batch_max_ms),
+        },
+        listen: Some(args.listen),
+        cleanup_on_exit: args.cleanup_on_exit,
+        max_backoff: Duration::from_millis(args.max_backoff_ms),
+    };
+    let dataplane = make_dataplane(args.backend, args.netns.as_deref(), &args.table);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(palisade_agent::run(config, dataplane))?;
+    Ok(ExitCode::SUCCESS)
+}

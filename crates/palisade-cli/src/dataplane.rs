@@ -1,0 +1,365 @@
+//! `apply`, `lab conformance`, `lab down` and `demo`: the commands that touch a kernel.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use palisade_conformance::CaseFile;
+use palisade_engine::{ClusterState, Endpoint, Flow};
+use palisade_ir::{Dataplane, NodeRuleset};
+use palisade_lab::enforce::{Enforcer, LabProber};
+use palisade_lab::{Lab, LabPod, LabSpec};
+use palisade_model::load::{Loaded, load_paths, load_str};
+use palisade_model::{IpFamily, Key, Object, Protocol};
+use palisade_nft::{NftDataplane, SystemNft};
+
+use crate::analysis::{PortArg, render_matrix};
+
+/// The dataplanes this binary can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// nftables: one `inet` table per node, applied atomically (the default).
+    Nft,
+}
+
+/// Builds a backend that applies inside `netns` (None = this process's namespace).
+pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box<dyn Dataplane> {
+    match backend {
+        Backend::Nft => {
+            let exec = match netns {
+                Some(ns) => SystemNft::in_netns(ns),
+                None => SystemNft::new(),
+            };
+            let config = palisade_nft::Config { table: table.to_string() };
+            Box::new(NftDataplane::new(exec, config))
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Manifest file or folder; `-` reads stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Backend::Nft)]
+    pub backend: Backend,
+    /// The node whose pods (spec.nodeName) are enforced.
+    #[arg(long)]
+    pub node: String,
+    /// Print the ruleset instead of applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Apply inside this network namespace (`ip netns` name) instead of the current one.
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Name of the nft table Palisade owns.
+    #[arg(long, default_value = "palisade")]
+    pub table: String,
+}
+
+fn summary(rs: &NodeRuleset) -> String {
+    let s = rs.stats();
+    format!(
+        "{}: {} endpoints, {} rules, {} peer sets, {} port sets, {} set elements",
+        rs.node, s.endpoints, s.rules, s.peer_sets, s.port_sets, s.set_elements
+    )
+}
+
+pub fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_paths(&args.paths);
+    let state = checked_state(&loaded)?;
+    let ruleset = state.compile_node(&args.node);
+    if ruleset.endpoints.is_empty() {
+        eprintln!(
+            "note: no pod with spec.nodeName {:?}, an address and no hostNetwork; the table will hold no endpoint",
+            args.node
+        );
+    }
+    match args.backend {
+        Backend::Nft if args.dry_run => {
+            let config = palisade_nft::Config { table: args.table.clone() };
+            palisade_nft::validate(&ruleset, &config)?;
+            print!("{}", palisade_nft::render_full(&ruleset, &config));
+        }
+        backend => {
+            let mut dp = make_dataplane(backend, args.netns.as_deref(), &args.table);
+            let report = dp.apply_full(&ruleset)?;
+            println!("applied ({} operations) {}", report.operations, summary(&ruleset));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checked_state(loaded: &Loaded) -> anyhow::Result<ClusterState> {
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    if !loaded.is_ok() {
+        for e in &loaded.errors {
+            eprintln!("error: {e}");
+        }
+        bail!("{} invalid input(s); nothing applied", loaded.errors.len());
+    }
+    Ok(ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o)))
+}
+
+#[derive(Debug, Args)]
+pub struct LabConformanceArgs {
+    #[arg(long, value_enum, default_value_t = Backend::Nft)]
+    pub backend: Backend,
+    /// A case file in the format of shared/conformance/README.md.
+    #[arg(long)]
+    pub cases: PathBuf,
+    /// Run with IPv4 or IPv6 pod addresses (default: both, one after the other).
+    #[arg(long, value_parser = |s: &str| s.parse::<IpFamily>())]
+    pub family: Option<IpFamily>,
+    /// Only these case ids (repeatable).
+    #[arg(long = "case")]
+    pub only: Vec<String>,
+    /// Probe timeout in milliseconds (a dropped connection takes this long to fail).
+    #[arg(long, default_value_t = 1000)]
+    pub timeout_ms: u64,
+    /// Lab nodes to spread the pods over.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+}
+
+pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
+    palisade_lab::check_prerequisites()?;
+    palisade_lab::install_signal_cleanup()?;
+    let text = std::fs::read_to_string(&args.cases)
+        .with_context(|| format!("reading {}", args.cases.display()))?;
+    let file = CaseFile::parse(&text, &args.cases.display().to_string())?;
+    let spec = LabSpec {
+        nodes: args.nodes,
+        pods: file.pods.iter().map(|k| LabPod::new(k.clone())).collect(),
+        ..LabSpec::default()
+    };
+    let lab = Lab::create(spec)?;
+    let families = args.family.map_or(vec![IpFamily::V4, IpFamily::V6], |f| vec![f]);
+    let mut total = palisade_conformance::Report::default();
+    for family in &families {
+        let enforcer = Enforcer::new(&lab, |i| make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade"));
+        let nodes = enforcer.node_of_pods(&file.pods);
+        let addresses = enforcer.addresses(&file.pods, *family);
+        let mut prober = LabProber::new(enforcer, Duration::from_millis(args.timeout_ms));
+        let report = palisade_conformance::run(&file, *family, &addresses, &nodes, &args.only, &mut prober);
+        prober.enforcer.remove()?;
+        for f in &report.failures {
+            println!("FAIL {family}: {f}");
+        }
+        for e in &report.errors {
+            println!("ERROR {family}: {e}");
+        }
+        for (reason, n) in &report.skip_reasons {
+            println!("skipped {n} cells ({family}): {reason}");
+        }
+        if families.len() > 1 {
+            println!("{family}: {}", report.summary(true));
+        }
+        total.passed += report.passed;
+        total.failed += report.failed;
+        total.skipped += report.skipped;
+        total.errors.extend(report.errors);
+    }
+    lab.destroy()?;
+    println!("{}", total.summary(true));
+    Ok(if total.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn lab_down() -> anyhow::Result<ExitCode> {
+    let n = palisade_lab::down_all()?;
+    println!("removed {n} lab network namespace(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's bundled story, embedded so the demo runs from anywhere.
+const DEMO_FILES: [(&str, &str); 3] = [
+    ("examples/demo/00-cluster.yaml", include_str!("../../../examples/demo/00-cluster.yaml")),
+    ("examples/demo/01-allow-nginx.yaml", include_str!("../../../examples/demo/01-allow-nginx.yaml")),
+    (
+        "examples/demo/02-allow-frontend-to-backend.yaml",
+        include_str!("../../../examples/demo/02-allow-frontend-to-backend.yaml"),
+    ),
+];
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// A folder telling another story: every file with NetworkPolicies is one step (in
+    /// file-name order); the other objects form the cluster. Default: the bundled story.
+    #[arg(short = 'f', long = "filename", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Backend::Nft)]
+    pub backend: Backend,
+    /// The port probed in the matrices.
+    #[arg(long, default_value = "80/TCP")]
+    pub port: PortArg,
+    #[arg(long, value_parser = |s: &str| s.parse::<IpFamily>(), default_value = "ipv4")]
+    pub family: IpFamily,
+}
+
+/// (file, objects) in file order.
+fn demo_files(args: &DemoArgs) -> anyhow::Result<Vec<(String, Vec<Object>)>> {
+    let mut texts: Vec<(String, String)> = Vec::new();
+    match &args.dir {
+        None => texts.extend(DEMO_FILES.iter().map(|(n, t)| (n.to_string(), t.to_string()))),
+        Some(dir) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            files.retain(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"));
+            files.sort();
+            for f in files {
+                texts.push((f.display().to_string(), std::fs::read_to_string(&f)?));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, text) in texts {
+        let mut loaded = Loaded::default();
+        load_str(&text, &name, &mut loaded);
+        for note in &loaded.notes {
+            eprintln!("note: {note}");
+        }
+        if let Some(e) = loaded.errors.first() {
+            bail!("{e}");
+        }
+        out.push((name, loaded.into_objects()));
+    }
+    Ok(out)
+}
+
+fn predicted(state: &ClusterState, pods: &[Key], port: PortArg, family: IpFamily) -> anyhow::Result<Vec<Vec<bool>>> {
+    let mut rows = Vec::new();
+    for src in pods {
+        let mut row = Vec::new();
+        for dst in pods {
+            // A pod's traffic to itself never leaves its namespace.
+            let allowed = src == dst
+                || state.allows(&Flow {
+                    src: Endpoint::Pod(src.clone()),
+                    dst: Endpoint::Pod(dst.clone()),
+                    protocol: port.protocol,
+                    port: port.port,
+                    family: Some(family),
+                })?;
+            row.push(allowed);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Two matrices side by side: what the packets did, what the engine predicted.
+fn side_by_side(title: &str, pods: &[Key], measured: &[Vec<bool>], predicted: &[Vec<bool>]) -> String {
+    let names: Vec<String> = pods.iter().map(ToString::to_string).collect();
+    let left = render_matrix(&format!("measured {title}"), &names, measured);
+    let right = render_matrix(&format!("predicted {title}"), &names, predicted);
+    let width = left.lines().map(str::len).max().unwrap_or(0);
+    left.lines()
+        .zip(right.lines())
+        .map(|(l, r)| format!("{l:<width$}   |   {r}\n"))
+        .collect()
+}
+
+pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
+    if let Err(e) = palisade_lab::check_prerequisites() {
+        bail!("{e}\nThe demo builds a small cluster of network namespaces and enforces with nftables: run it as root on Linux with iproute2 and nftables installed (scripts/demo.sh installs them).");
+    }
+    palisade_lab::install_signal_cleanup()?;
+    let files = demo_files(args)?;
+    let mut state = ClusterState::new();
+    let mut steps: Vec<(String, Vec<Object>)> = Vec::new();
+    for (name, objects) in files {
+        let (policies, rest): (Vec<Object>, Vec<Object>) =
+            objects.into_iter().partition(|o| matches!(o, Object::NetworkPolicy(_)));
+        for o in rest {
+            state.apply(o);
+        }
+        if !policies.is_empty() {
+            steps.push((name, policies));
+        }
+    }
+    let pods: Vec<Key> = state.pods().iter().filter(|p| !p.host_network).map(|p| p.key.clone()).collect();
+    if pods.is_empty() {
+        bail!("the demo input declares no pods");
+    }
+    let ports: BTreeMap<Key, Vec<(u16, Protocol)>> = state
+        .pods()
+        .iter()
+        .map(|p| (p.key.clone(), p.ports.iter().map(|c| (c.port, c.protocol)).collect()))
+        .collect();
+    let spec = LabSpec {
+        pods: pods.iter().map(|k| LabPod::new(k.clone()).with_ports(ports[k].clone())).collect(),
+        ..LabSpec::default()
+    };
+    println!("Building the lab: {} pods on 2 nodes (network namespaces, routed like a real node)...", pods.len());
+    let lab = Lab::create(spec)?;
+    for k in &pods {
+        lab.serve(k, &ports[k])?;
+        let node = lab.pod_node(k).map(|n| lab.node_names()[n].clone()).unwrap_or_default();
+        let ips: Vec<String> = lab.pod_ips(k).iter().map(ToString::to_string).collect();
+        println!("  {:<24} {node:<8} {}", k.to_string(), ips.join(", "));
+    }
+    // The engine sees the pods where the lab put them.
+    for k in &pods {
+        let mut pod = state.pod(k).expect("pod").clone();
+        pod.ips = lab.pod_ips(k).to_vec();
+        pod.node = lab.pod_node(k).map(|n| lab.node_names()[n].clone());
+        state.upsert_pod(pod);
+    }
+    let mut enforcer = Enforcer::new(&lab, |i| make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade"));
+    let timeout = Duration::from_millis(800);
+    let mut all_match = true;
+    let mut show = |title: &str, state: &ClusterState, enforcer: &mut Enforcer<'_>| -> anyhow::Result<()> {
+        let rulesets = enforcer.enforce(state)?;
+        let measured: Vec<Vec<bool>> = enforcer
+            .measure(&pods, args.family, args.port.port, args.port.protocol, timeout)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .map(|row| row.into_iter().map(|o| o == palisade_conformance::Observed::Allowed).collect())
+            .collect();
+        let predicted = predicted(state, &pods, args.port, args.family)?;
+        println!("\n== {title} ==");
+        print!("{}", side_by_side(&format!("{} {}", args.port, args.family), &pods, &measured, &predicted));
+        let verdict = if measured == predicted { "measured == predicted" } else { "MISMATCH between packets and engine" };
+        all_match &= measured == predicted;
+        println!("{verdict}");
+        for (rs, report) in &rulesets {
+            println!("  ruleset {} ({} operations{})", summary(rs), report.operations, if report.full { ", full" } else { ", incremental" });
+        }
+        Ok(())
+    };
+    show("no policy: every pod reaches every pod", &state, &mut enforcer)?;
+    for (name, policies) in steps {
+        let names: Vec<String> = policies
+            .iter()
+            .filter_map(|o| match o {
+                Object::NetworkPolicy(p) => Some(p.key.to_string()),
+                _ => None,
+            })
+            .collect();
+        for p in policies {
+            state.apply(p);
+        }
+        show(&format!("after {name}: {}", names.join(", ")), &state, &mut enforcer)?;
+    }
+    // Tell the story behind one denied cell, if any.
+    if let Some((src, dst)) = pods.iter().flat_map(|s| pods.iter().map(move |d| (s, d))).find(|(s, d)| {
+        s != d
+            && !state
+                .allows(&Flow { src: Endpoint::Pod((*s).clone()), dst: Endpoint::Pod((*d).clone()), protocol: args.port.protocol, port: args.port.port, family: Some(args.family) })
+                .unwrap_or(true)
+    }) {
+        let flow = Flow { src: Endpoint::Pod(src.clone()), dst: Endpoint::Pod(dst.clone()), protocol: args.port.protocol, port: args.port.port, family: Some(args.family) };
+        println!("\nWhy is {src} -> {dst} denied?\n{}", state.explain(&flow)?);
+    }
+    enforcer.remove()?;
+    lab.destroy()?;
+    println!("\nLab removed.");
+    Ok(if all_match { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
