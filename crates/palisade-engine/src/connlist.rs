@@ -5,7 +5,9 @@
 //! Pods are grouped into classes that no policy can tell apart (namespace, labels, ports,
 //! which ipBlocks hold their addresses), so the work grows with distinct classes, not with
 //! pairs of pods. A dual-stack pair is allowed on a port if it is allowed over either
-//! family; a pair without addresses is evaluated with ipBlocks matching nothing.
+//! family; a pair without addresses is evaluated with ipBlocks matching nothing; a pod
+//! without addresses paired with one that has some is evaluated in each of the latter's
+//! families; two pods with addresses but no family in common have no connection.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -43,15 +45,16 @@ fn ip_blocks(state: &ClusterState) -> Vec<&IpBlock> {
     blocks.into_iter().collect()
 }
 
-/// The evaluation families of a pair: those where both have an address, or `None` (no
-/// addresses known: ipBlocks match nothing).
+/// The evaluation families of a pair: those in which both have an address, a pod without
+/// any address (a workload on disk) being assumed to have every family; `None` when
+/// neither has an address (ipBlocks match nothing). Two pods with addresses but no family
+/// in common cannot connect at all.
 fn pair_families(a: &Pod, b: &Pod) -> Vec<Option<IpFamily>> {
-    let fams: Vec<Option<IpFamily>> = [IpFamily::V4, IpFamily::V6]
-        .into_iter()
-        .filter(|f| a.ip(*f).is_some() && b.ip(*f).is_some())
-        .map(Some)
-        .collect();
-    if fams.is_empty() { vec![None] } else { fams }
+    if a.ips.is_empty() && b.ips.is_empty() {
+        return vec![None];
+    }
+    let has = |p: &Pod, f: IpFamily| p.ips.is_empty() || p.ip(f).is_some();
+    [IpFamily::V4, IpFamily::V6].into_iter().filter(|f| has(a, *f) && has(b, *f)).map(Some).collect()
 }
 
 #[derive(Debug)]
@@ -314,7 +317,7 @@ fn range_to_cidrs(mut start: u128, end: u128, family: IpFamily) -> Vec<IpNet> {
     }
 }
 
-/// The connection list, sorted, only pairs with at least one allowed connection.
+/// The connection list, sorted (pods by name, then CIDRs by address), only pairs with at least one allowed connection.
 pub fn connlist(state: &ClusterState) -> Vec<Connection> {
     let blocks = ip_blocks(state);
     let mut eval = Evaluator::new(state, &blocks);
@@ -357,8 +360,25 @@ pub fn connlist(state: &ClusterState) -> Vec<Connection> {
             }
         }
     }
-    out.sort();
+    out.sort_by_cached_key(|c| (EndpointOrder::of(&c.src), EndpointOrder::of(&c.dst)));
     out
+}
+
+/// Output order: pods by name, then CIDRs by family, address and prefix length.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum EndpointOrder {
+    Pod(String),
+    Cidr(bool, u128, u8),
+}
+
+impl EndpointOrder {
+    fn of(s: &str) -> Self {
+        match s.parse::<IpNet>() {
+            Ok(IpNet::V4(n)) => EndpointOrder::Cidr(false, u32::from(n.network()).into(), n.prefix_len()),
+            Ok(IpNet::V6(n)) => EndpointOrder::Cidr(true, n.network().into(), n.prefix_len()),
+            Err(_) => EndpointOrder::Pod(s.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,90 @@
+//! Golden tests of the CLI's outputs: each case runs `palisade` from the repository root
+//! and compares stdout, stderr and the exit code with `tests/golden/<name>.txt`.
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test -p palisade-cli --test cli_golden`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+const CASES: &[(&str, &[&str])] = &[
+    ("validate_ok", &["validate", "-f", "testdata/analysis"]),
+    ("validate_errors", &["validate", "-f", "testdata/invalid"]),
+    ("validate_errors_json", &["validate", "-f", "testdata/invalid", "-o", "json"]),
+    ("matrix_demo", &["matrix", "-f", "examples/demo"]),
+    ("matrix_shop", &["matrix", "-f", "testdata/analysis", "--port", "9000/TCP", "--port", "53/UDP"]),
+    ("matrix_json", &["matrix", "-f", "examples/demo", "-o", "json"]),
+    ("explain_allowed", &["explain", "-f", "testdata/analysis", "--from", "shop/web", "--to", "shop/api", "--port", "9000/TCP"]),
+    ("explain_denied", &["explain", "-f", "testdata/analysis", "--from", "shop/db", "--to", "shop/api", "--port", "9000/TCP"]),
+    ("explain_external", &["explain", "-f", "testdata/analysis", "--from", "shop/api", "--to", "10.1.2.3", "--port", "443/TCP"]),
+    ("explain_except", &["explain", "-f", "testdata/analysis", "--from", "shop/api", "--to", "10.96.0.10", "--port", "443/TCP"]),
+    ("explain_yaml", &["explain", "-f", "testdata/analysis", "--from", "monitoring/prometheus", "--to", "shop/api", "--port", "9090", "-o", "yaml"]),
+    ("explain_unknown_pod", &["explain", "-f", "examples/demo", "--from", "default/nope", "--to", "default/nginx", "--port", "80"]),
+    ("connlist_shop", &["connlist", "-f", "testdata/analysis"]),
+    ("connlist_shop_json", &["connlist", "-f", "testdata/analysis", "-o", "json"]),
+    ("connlist_demo_json", &["connlist", "-f", "examples/demo", "-o", "json"]),
+    ("lint_shop", &["lint", "-f", "testdata/analysis", "-f", "testdata/invalid/bad.yaml"]),
+    ("invalid_input_stops_analysis", &["matrix", "-f", "testdata/invalid"]),
+    ("conformance_upstream_ipv4", &["conformance", "--cases", "testdata/conformance/upstream-e2e.yaml", "--family", "ipv4"]),
+    ("apply_dry_run", &["apply", "--backend", "nft", "-f", "testdata/apply", "--node", "node-a", "--dry-run"]),
+];
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("run palisade");
+    format!(
+        "$ palisade {}\n--- exit: {}\n--- stdout:\n{}--- stderr:\n{}",
+        args.join(" "),
+        out.status.code().map_or("signal".into(), |c| c.to_string()),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn cli_outputs_match_golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let update = std::env::var("UPDATE_GOLDEN").is_ok();
+    let mut mismatches = Vec::new();
+    for (name, args) in CASES {
+        let actual = run(args);
+        let path = dir.join(format!("{name}.txt"));
+        if update {
+            std::fs::write(&path, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|_| panic!("missing {}: run with UPDATE_GOLDEN=1", path.display()));
+        if expected != actual {
+            mismatches.push(format!("{name}:\n--- expected\n{expected}\n--- actual\n{actual}"));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn connlist_is_stable_across_runs() {
+    let args = ["connlist", "-f", "testdata/analysis", "-o", "json"];
+    assert_eq!(run(&args), run(&args));
+}
+
+#[test]
+fn stdin_is_read_with_dash() {
+    let text = std::fs::read_to_string(repo_root().join("examples/demo/00-cluster.yaml")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["validate", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "6 valid object(s), 0 error(s)\n");
+}
