@@ -323,3 +323,175 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::mpsc::{Sender, channel};
+
+    use palisade_ir::ApplyReport;
+    use palisade_model::{Labels, Namespace, NetworkPolicy, Pod};
+
+    use super::*;
+
+    /// Records what the controller asked of the dataplane; can be told to fail.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        calls: Arc<Mutex<Vec<String>>>,
+        failures_left: Arc<AtomicUsize>,
+    }
+
+    impl Dataplane for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
+            self.record(format!("full {}", desired.endpoints.len()))?;
+            Ok(ApplyReport { full: true, operations: 1 })
+        }
+        fn apply_update(
+            &mut self,
+            _: &NodeRuleset,
+            desired: &NodeRuleset,
+        ) -> Result<ApplyReport, DataplaneError> {
+            self.record(format!("update {}", desired.endpoints.len()))?;
+            Ok(ApplyReport { full: false, operations: 1 })
+        }
+        fn remove(&mut self) -> Result<(), DataplaneError> {
+            self.record("remove".into())
+        }
+    }
+
+    impl Recorder {
+        fn record(&self, call: String) -> Result<(), DataplaneError> {
+            if self.failures_left.load(Ordering::SeqCst) > 0 {
+                self.failures_left.fetch_sub(1, Ordering::SeqCst);
+                self.calls.lock().unwrap().push(format!("FAILED {call}"));
+                return Err(DataplaneError::Other("injected".into()));
+            }
+            self.calls.lock().unwrap().push(call);
+            Ok(())
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    fn pod(name: &str, ip: &str, node: &str) -> Object {
+        let mut p = Pod::new("ns", name, Labels::from([("app".to_string(), name.to_string())]));
+        p.ips = vec![ip.parse().unwrap()];
+        p.node = Some(node.into());
+        Object::Pod(p)
+    }
+
+    fn deny_all() -> Object {
+        Object::NetworkPolicy(NetworkPolicy {
+            key: Key::new("ns", "deny"),
+            pod_selector: Default::default(),
+            isolates_ingress: true,
+            isolates_egress: false,
+            ingress: vec![],
+            egress: vec![],
+        })
+    }
+
+    fn send(tx: &Sender<SourceEvent>, change: Change) {
+        tx.send(SourceEvent { at: Instant::now(), change }).unwrap();
+    }
+
+    fn initial_lists(tx: &Sender<SourceEvent>) {
+        send(tx, Change::Replace(Kind::Namespace, vec![Object::Namespace(Namespace::new("ns", Labels::new()))]));
+        send(tx, Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1"), pod("b", "10.0.0.2", "n2")]));
+        send(tx, Change::Replace(Kind::NetworkPolicy, vec![]));
+    }
+
+    /// Runs a controller on a thread; returns the event sender, the stop sender and the
+    /// thread handle.
+    fn start(
+        rec: &Recorder,
+        batch: BatchConfig,
+        cleanup: bool,
+    ) -> (Sender<SourceEvent>, Sender<()>, std::thread::JoinHandle<Result<(), DataplaneError>>, Arc<Health>) {
+        let health = Arc::new(Health::default());
+        let c = Controller::new("n1".into(), Box::new(rec.clone()), Arc::new(Metrics::new()), health.clone());
+        let (tx, rx) = channel();
+        let (stop_tx, stop_rx) = channel();
+        let handle = std::thread::spawn(move || c.run(rx, stop_rx, batch, cleanup));
+        (tx, stop_tx, handle, health)
+    }
+
+    /// Waits (bounded) until the recorder saw `n` calls.
+    fn wait_calls(rec: &Recorder, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rec.calls().len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        rec.calls()
+    }
+
+    #[test]
+    fn nothing_is_applied_before_every_kind_is_listed_then_full_then_updates() {
+        let rec = Recorder::default();
+        let (tx, stop, handle, health) = start(&rec, BatchConfig::default(), false);
+        send(&tx, Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1")]));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rec.calls().is_empty(), "applied before the initial lists");
+        assert!(health.not_ready_reason().is_some());
+        send(&tx, Change::Replace(Kind::Namespace, vec![]));
+        send(&tx, Change::Replace(Kind::NetworkPolicy, vec![]));
+        assert_eq!(wait_calls(&rec, 1), ["full 1"]);
+        assert_eq!(health.not_ready_reason(), None);
+        send(&tx, Change::Apply(deny_all()));
+        assert_eq!(wait_calls(&rec, 2), ["full 1", "update 1"]);
+        stop.send(()).unwrap();
+        handle.join().unwrap().unwrap();
+        assert_eq!(rec.calls(), ["full 1", "update 1"], "rules stay in place on stop");
+    }
+
+    #[test]
+    fn events_arriving_together_are_applied_together() {
+        let rec = Recorder::default();
+        let batch = BatchConfig { quiet: Duration::from_millis(200), max_delay: Duration::from_secs(2) };
+        let (tx, stop, handle, _) = start(&rec, batch, false);
+        initial_lists(&tx);
+        for i in 0..20 {
+            send(&tx, Change::Apply(pod(&format!("p{i}"), &format!("10.0.1.{i}"), "n1")));
+        }
+        assert_eq!(wait_calls(&rec, 1), ["full 21"]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(rec.calls(), ["full 21"], "one transaction for the whole burst");
+        stop.send(()).unwrap();
+        handle.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_failed_apply_is_retried_in_full_and_cleanup_on_exit_removes() {
+        let rec = Recorder::default();
+        rec.failures_left.store(1, Ordering::SeqCst);
+        let (tx, stop, handle, health) = start(&rec, BatchConfig::default(), true);
+        initial_lists(&tx);
+        let calls = wait_calls(&rec, 2);
+        assert_eq!(calls, ["FAILED full 1", "full 1"]);
+        assert_eq!(health.not_ready_reason(), None);
+        stop.send(()).unwrap();
+        handle.join().unwrap().unwrap();
+        assert_eq!(rec.calls().last().unwrap(), "remove");
+    }
+
+    #[test]
+    fn a_relist_removes_what_disappeared() {
+        let health = Arc::new(Health::default());
+        let mut c = Controller::new("n1".into(), Box::new(Recorder::default()), Arc::new(Metrics::new()), health);
+        c.apply_change(Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1"), pod("b", "10.0.0.2", "n1")]));
+        c.apply_change(Change::Replace(Kind::NetworkPolicy, vec![deny_all()]));
+        c.apply_change(Change::Replace(Kind::Namespace, vec![Object::Namespace(Namespace::new("ns", Labels::new()))]));
+        // After a 410 Gone the watcher re-lists: b and the policy are gone, c is new.
+        c.apply_change(Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1"), pod("c", "10.0.0.3", "n1")]));
+        c.apply_change(Change::Replace(Kind::NetworkPolicy, vec![]));
+        c.apply_change(Change::Replace(Kind::Namespace, vec![]));
+        let pods: Vec<String> = c.state().pods().iter().map(|p| p.key.to_string()).collect();
+        assert_eq!(pods, ["ns/a", "ns/c"]);
+        assert_eq!(c.state().policy_count(), 0);
+        assert_eq!(c.state().declared_namespaces().count(), 0);
+    }
+}
