@@ -2,9 +2,12 @@
 //!
 //! The contract between the engine and the dataplanes: for one node, every local endpoint
 //! (a pod's IPs) and, per direction, whether it is isolated and which (peer set, port set)
-//! pairs it allows. Peer sets and port sets are shared and named by their content, so a pod
-//! joining a selector changes one set's elements, not the rules that use it. Every rule
-//! carries its [`RuleOrigin`] so counters and logs can name the policy rule behind them.
+//! pairs it allows. Peer sets and port sets are shared between endpoints and named by their
+//! content, so the IR of two nodes (or two moments) can be compared set by set. A content
+//! name changes when a member joins; a backend that wants a join to be an element update
+//! (nftables does) keys its kernel sets by the [`RuleOrigin`] of the rules using them and
+//! diffs elements. Every rule carries its origin so counters and logs can name the policy
+//! rule behind them.
 //!
 //! Semantics are already decided here: named ports are resolved, ipBlock excepts are
 //! subtracted, selectors are expanded to addresses. A backend must only translate: it may
