@@ -1,9 +1,28 @@
 //! Kubernetes objects (`k8s-openapi` types) to the validated model, applying the API
 //! server's validation (DESIGN.md checklist) and defaults. Used for files on disk and, by
 //! the agent, for objects from the API, so both paths share one set of rules.
+//!
+//! Each rule follows upstream (kubernetes/kubernetes), with its field path, error type and
+//! wording, in upstream's order, every error reported (none stops the others):
+//! - `pkg/apis/networking/validation/validation.go`: `ValidateNetworkPolicy{Spec,Port,Peer}`,
+//!   `ValidateIPBlock`; defaults from `pkg/apis/networking/v1/defaults.go` (protocol TCP;
+//!   policyTypes absent or empty: Ingress, plus Egress when `spec.egress` has a rule);
+//! - `staging/src/k8s.io/apimachinery/pkg/apis/meta/v1/validation/validation.go`:
+//!   `ValidateLabelSelector`, `ValidateLabelSelectorRequirement`, `ValidateLabels`;
+//! - `staging/src/k8s.io/apimachinery/pkg/api/validation/objectmeta.go`: `ValidateObjectMeta`
+//!   (name, generateName, namespace, labels, annotations);
+//! - `pkg/apis/core/validation/validation.go`: `validateContainerPorts`, `validatePodIPs`
+//!   (status), `ValidatePodTemplateSpec`; `pkg/apis/apps/validation/validation.go`:
+//!   selector required, non-empty and matching the template's labels; the CronJob name limit
+//!   of `pkg/apis/batch/validation/validation.go`.
+//!
+//! What is checked is what the model reads (names, labels, selectors, ports, IPs, CIDRs):
+//! the rest of a pod spec (images, volumes, restartPolicy...) is not validated here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::batch::v1 as batch;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
@@ -14,29 +33,146 @@ use crate::labels::{LabelSelector, Labels, Operator, Requirement};
 use crate::types::*;
 use crate::validate;
 
-/// Collects field errors under a path prefix.
+/// `TotalAnnotationSizeLimitB` of objectmeta.go.
+const TOTAL_ANNOTATION_SIZE_LIMIT: usize = 256 * 1024;
+/// A CronJob's jobs are named `<cronjob>-<11 characters>` and must fit a DNS-1035 label.
+const CRONJOB_NAME_MAX: usize = 63 - 11;
+
+/// A bad value as `field.Error.ErrorBody` prints it: strings quoted (`%q`), numbers bare,
+/// anything else already rendered as Go would (`%#v`).
+#[derive(Debug)]
+enum Bad<'a> {
+    Str(&'a str),
+    Int(i64),
+    Raw(String),
+}
+
+impl Bad<'_> {
+    fn render(&self) -> String {
+        match self {
+            Bad::Str(s) => go_quote(s),
+            Bad::Int(n) => n.to_string(),
+            Bad::Raw(s) => s.clone(),
+        }
+    }
+}
+
+/// Go's `strconv.Quote`, so that an error stays on one line whatever the value holds.
+fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `%#v` of a `map[string]string`.
+fn go_map(map: &BTreeMap<String, String>) -> String {
+    let entries: Vec<String> = map
+        .iter()
+        .map(|(k, v)| format!("{}:{}", go_quote(k), go_quote(v)))
+        .collect();
+    format!("map[string]string{{{}}}", entries.join(", "))
+}
+
+/// Collects field errors as upstream's `field.ErrorList`, dropping exact repeats as
+/// `ToAggregate` does.
 #[derive(Debug, Default)]
 struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), reason: reason.into() });
-    }
-
-    fn add_all(&mut self, field: &str, value: &str, reasons: Vec<String>) {
-        for r in reasons {
-            self.add(field, format!("Invalid value: {value:?}: {r}"));
+    fn push(&mut self, field: impl Into<String>, reason: String) {
+        let e = FieldError {
+            field: field.into(),
+            reason,
+        };
+        if !self.0.contains(&e) {
+            self.0.push(e);
         }
     }
 
+    fn with_detail(kind: &str, detail: &str) -> String {
+        if detail.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}: {detail}")
+        }
+    }
+
+    fn required(&mut self, field: impl Into<String>, detail: &str) {
+        self.push(field, Self::with_detail("Required value", detail));
+    }
+
+    fn forbidden(&mut self, field: impl Into<String>, detail: &str) {
+        self.push(field, Self::with_detail("Forbidden", detail));
+    }
+
+    fn too_long(&mut self, field: impl Into<String>, max: usize) {
+        self.push(field, format!("Too long: must have at most {max} bytes"));
+    }
+
+    fn invalid(&mut self, field: impl Into<String>, bad: Bad<'_>, detail: &str) {
+        let body = format!("Invalid value: {}", bad.render());
+        self.push(field, Self::with_detail(&body, detail));
+    }
+
+    fn invalid_all(&mut self, field: &str, bad: Bad<'_>, details: Vec<String>) {
+        for d in details {
+            self.invalid(field, Bad::Raw(bad.render()), &d);
+        }
+    }
+
+    fn not_supported(&mut self, field: impl Into<String>, bad: Bad<'_>, valid: &[&str]) {
+        let quoted: Vec<String> = valid.iter().map(|v| go_quote(v)).collect();
+        let body = format!("Unsupported value: {}", bad.render());
+        self.push(
+            field,
+            Self::with_detail(&body, &format!("supported values: {}", quoted.join(", "))),
+        );
+    }
+
+    fn duplicate(&mut self, field: impl Into<String>, bad: Bad<'_>) {
+        self.push(field, format!("Duplicate value: {}", bad.render()));
+    }
+
     fn finish<T>(self, object: ObjectRef, value: T) -> Result<T, InvalidObject> {
-        if self.0.is_empty() { Ok(value) } else { Err(InvalidObject { object, errors: self.0 }) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(InvalidObject {
+                object,
+                errors: self.0,
+            })
+        }
     }
 }
 
-/// The namespace an object lives in; objects on disk without one land in `default`.
+/// The namespace an object lives in; objects on disk without one land in `default`, as
+/// `kubectl apply` puts them.
 fn namespace_of(meta: &meta::ObjectMeta) -> String {
-    meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
+    meta.namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into())
 }
 
 fn object_ref(kind: &str, meta: &meta::ObjectMeta, namespaced: bool) -> ObjectRef {
@@ -44,33 +180,71 @@ fn object_ref(kind: &str, meta: &meta::ObjectMeta, namespaced: bool) -> ObjectRe
     ObjectRef::new(kind, ns.as_deref(), meta.name.as_deref().unwrap_or(""))
 }
 
-/// metadata.name, metadata.namespace and metadata.labels.
+/// `maskTrailingDash`: a generateName may end in '-'.
+fn mask_trailing_dash(name: &str) -> String {
+    match name.strip_suffix('-') {
+        Some(head) if name.len() > 1 => format!("{head}a"),
+        _ => name.to_string(),
+    }
+}
+
+/// `ValidateObjectMeta`: generateName, name, namespace, labels, annotations. The namespace of
+/// a cluster-scoped object is cleared by the API server, not rejected, so it is ignored.
 fn check_metadata(
     meta: &meta::ObjectMeta,
     namespaced: bool,
     name_rule: fn(&str) -> Vec<String>,
     errs: &mut Errors,
 ) {
+    if let Some(generate) = meta.generate_name.as_deref().filter(|g| !g.is_empty()) {
+        let reasons = name_rule(&mask_trailing_dash(generate));
+        errs.invalid_all("metadata.generateName", Bad::Str(generate), reasons);
+    }
     match meta.name.as_deref() {
-        None | Some("") => errs.add("metadata.name", "Required value: name is required"),
-        Some(name) => errs.add_all("metadata.name", name, name_rule(name)),
+        None | Some("") => errs.required("metadata.name", "name or generateName is required"),
+        Some(name) => errs.invalid_all("metadata.name", Bad::Str(name), name_rule(name)),
     }
     if namespaced {
         let ns = namespace_of(meta);
-        errs.add_all("metadata.namespace", &ns, validate::dns1123_label(&ns));
+        errs.invalid_all(
+            "metadata.namespace",
+            Bad::Str(&ns),
+            validate::dns1123_label(&ns),
+        );
     }
     if let Some(labels) = &meta.labels {
         check_labels(labels, "metadata.labels", errs);
     }
-}
-
-fn check_labels(labels: &BTreeMap<String, String>, path: &str, errs: &mut Errors) {
-    for (k, v) in labels {
-        errs.add_all(path, k, validate::qualified_name(k));
-        errs.add_all(&format!("{path}[{k}]"), v, validate::label_value(v));
+    if let Some(annotations) = &meta.annotations {
+        check_annotations(annotations, "metadata.annotations", errs);
     }
 }
 
+/// `ValidateLabels`: both key and value errors are reported at the map's path.
+fn check_labels(labels: &BTreeMap<String, String>, path: &str, errs: &mut Errors) {
+    for (k, v) in labels {
+        errs.invalid_all(path, Bad::Str(k), validate::qualified_name(k));
+        errs.invalid_all(path, Bad::Str(v), validate::label_value(v));
+    }
+}
+
+/// `ValidateAnnotations`: keys are qualified names in any case; 256 KiB in total.
+fn check_annotations(annotations: &BTreeMap<String, String>, path: &str, errs: &mut Errors) {
+    for k in annotations.keys() {
+        errs.invalid_all(
+            path,
+            Bad::Str(k),
+            validate::qualified_name(&k.to_lowercase()),
+        );
+    }
+    let size: usize = annotations.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > TOTAL_ANNOTATION_SIZE_LIMIT {
+        errs.too_long(path, TOTAL_ANNOTATION_SIZE_LIMIT);
+    }
+}
+
+/// `ValidateLabelSelector`. The returned selector omits requirements with an unknown
+/// operator (the object is rejected anyway).
 fn label_selector(selector: &meta::LabelSelector, path: &str, errs: &mut Errors) -> LabelSelector {
     let match_labels = selector.match_labels.clone().unwrap_or_default();
     check_labels(&match_labels, &format!("{path}.matchLabels"), errs);
@@ -84,30 +258,37 @@ fn label_selector(selector: &meta::LabelSelector, path: &str, errs: &mut Errors)
             "Exists" => Some(Operator::Exists),
             "DoesNotExist" => Some(Operator::DoesNotExist),
             other => {
-                errs.add(
+                errs.invalid(
                     format!("{p}.operator"),
-                    format!(
-                        "Unsupported value: {other:?}: supported values: \"In\", \"NotIn\", \
-                         \"Exists\", \"DoesNotExist\""
-                    ),
+                    Bad::Str(other),
+                    "not a valid selector operator",
                 );
                 None
             }
         };
         match operator {
-            Some(Operator::In | Operator::NotIn) if values.is_empty() => errs.add(
+            Some(Operator::In | Operator::NotIn) if values.is_empty() => errs.required(
                 format!("{p}.values"),
-                "Required value: must be specified when `operator` is 'In' or 'NotIn'",
+                "must be specified when `operator` is 'In' or 'NotIn'",
             ),
-            Some(Operator::Exists | Operator::DoesNotExist) if !values.is_empty() => errs.add(
-                format!("{p}.values"),
-                "Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
-            ),
+            Some(Operator::Exists | Operator::DoesNotExist) if !values.is_empty() => errs
+                .forbidden(
+                    format!("{p}.values"),
+                    "may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                ),
             _ => {}
         }
-        errs.add_all(&format!("{p}.key"), &expr.key, validate::qualified_name(&expr.key));
+        errs.invalid_all(
+            &format!("{p}.key"),
+            Bad::Str(&expr.key),
+            validate::qualified_name(&expr.key),
+        );
         for (j, v) in values.iter().enumerate() {
-            errs.add_all(&format!("{p}.values[{j}]"), v, validate::label_value(v));
+            errs.invalid_all(
+                &format!("{p}.values[{j}]"),
+                Bad::Str(v),
+                validate::label_value(v),
+            );
         }
         if let Some(operator) = operator {
             match_expressions.push(Requirement {
@@ -117,49 +298,54 @@ fn label_selector(selector: &meta::LabelSelector, path: &str, errs: &mut Errors)
             });
         }
     }
-    LabelSelector { match_labels, match_expressions }
+    LabelSelector {
+        match_labels,
+        match_expressions,
+    }
 }
 
-fn protocol(value: Option<&str>, path: &str, errs: &mut Errors) -> Protocol {
+/// A NetworkPolicyPort's protocol: absent is defaulted to TCP; present must be supported.
+fn policy_protocol(value: Option<&str>, path: &str, errs: &mut Errors) -> Protocol {
     match value {
-        None => Protocol::Tcp,
-        Some("TCP") => Protocol::Tcp,
+        None | Some("TCP") => Protocol::Tcp,
         Some("UDP") => Protocol::Udp,
         Some("SCTP") => Protocol::Sctp,
         Some(other) => {
-            errs.add(
-                path,
-                format!(
-                    "Unsupported value: {other:?}: supported values: \"TCP\", \"UDP\", \"SCTP\""
-                ),
-            );
+            errs.not_supported(path, Bad::Str(other), &["TCP", "UDP", "SCTP"]);
             Protocol::Tcp
         }
     }
 }
 
+/// `ValidateNetworkPolicyPort`.
 fn policy_port(port: &net::NetworkPolicyPort, path: &str, errs: &mut Errors) -> PortMatch {
-    let protocol = protocol(port.protocol.as_deref(), &format!("{path}.protocol"), errs);
+    let protocol = policy_protocol(port.protocol.as_deref(), &format!("{path}.protocol"), errs);
     let end_path = format!("{path}.endPort");
     let spec = match (&port.port, port.end_port) {
         (None, None) => PortSpec::Any,
         (None, Some(end)) => {
-            errs.add(
+            errs.invalid(
                 end_path,
-                format!("Invalid value: {end}: may not be specified when `port` is not specified"),
+                Bad::Int(end.into()),
+                "may not be specified when `port` is not specified",
             );
             PortSpec::Any
         }
         (Some(IntOrString::Int(n)), end) => {
-            errs.add_all(&format!("{path}.port"), &n.to_string(), validate::port_number(*n));
+            errs.invalid_all(
+                &format!("{path}.port"),
+                Bad::Int((*n).into()),
+                validate::port_number(*n),
+            );
             if let Some(end) = end {
                 if end < *n {
-                    errs.add(
+                    errs.invalid(
                         &end_path,
-                        format!("Invalid value: {end}: must be greater than or equal to `port`"),
+                        Bad::Int(end.into()),
+                        "must be greater than or equal to `port`",
                     );
                 }
-                errs.add_all(&end_path, &end.to_string(), validate::port_number(end));
+                errs.invalid_all(&end_path, Bad::Int(end.into()), validate::port_number(end));
             }
             let from = (*n).clamp(0, 65535) as u16;
             let to = end.map_or(from, |e| e.clamp(0, 65535) as u16);
@@ -167,73 +353,97 @@ fn policy_port(port: &net::NetworkPolicyPort, path: &str, errs: &mut Errors) -> 
         }
         (Some(IntOrString::String(name)), end) => {
             if let Some(end) = end {
-                errs.add(
+                errs.invalid(
                     &end_path,
-                    format!("Invalid value: {end}: may not be specified when `port` is non-numeric"),
+                    Bad::Int(end.into()),
+                    "may not be specified when `port` is non-numeric",
                 );
             }
-            errs.add_all(&format!("{path}.port"), name, validate::port_name(name));
+            errs.invalid_all(
+                &format!("{path}.port"),
+                Bad::Str(name),
+                validate::port_name(name),
+            );
             PortSpec::Named(name.clone())
         }
     };
-    PortMatch { protocol, port: spec }
+    PortMatch {
+        protocol,
+        port: spec,
+    }
 }
 
+/// `ValidateIPBlock`, CIDRs read as `IsValidCIDRForLegacyField` does with the
+/// `StrictIPCIDRValidation` gate at its default (off): see [`validate::parse_cidr_sloppy`].
 fn ip_block(block: &net::IPBlock, path: &str, errs: &mut Errors) -> Option<IpBlock> {
     let cidr_path = format!("{path}.cidr");
     if block.cidr.is_empty() {
-        errs.add(cidr_path, "Required value");
+        errs.required(cidr_path, "");
         return None;
     }
-    let cidr = match validate::parse_cidr(&block.cidr) {
-        Ok(c) => c,
-        Err(e) => {
-            errs.add(cidr_path, format!("Invalid value: {:?}: {e}", block.cidr));
-            return None;
-        }
+    let Some(cidr) = validate::parse_cidr_sloppy(&block.cidr) else {
+        errs.invalid(cidr_path, Bad::Str(&block.cidr), validate::CIDR_ERR);
+        return None;
     };
     let mut except = Vec::new();
     for (i, raw) in block.except.iter().flatten().enumerate() {
         let p = format!("{path}.except[{i}]");
-        match validate::parse_cidr(raw) {
-            Ok(e) if cidr.contains(&e.network()) && e.prefix_len() > cidr.prefix_len() => {
-                except.push(e)
-            }
-            Ok(_) => errs.add(p, format!("Invalid value: {raw:?}: must be a strict subset of `cidr`")),
-            Err(e) => errs.add(p, format!("Invalid value: {raw:?}: {e}")),
+        let Some(e) = validate::parse_cidr_sloppy(raw) else {
+            errs.invalid(p, Bad::Str(raw), validate::CIDR_ERR);
+            continue;
+        };
+        if cidr.net.contains(&e.net.network()) && cidr.written_prefix_len < e.written_prefix_len {
+            except.push(e.net);
+        } else {
+            errs.invalid(p, Bad::Str(raw), "must be a strict subset of `cidr`");
         }
     }
-    Some(IpBlock { cidr, except })
-}
-
-fn peer(p: &net::NetworkPolicyPeer, path: &str, errs: &mut Errors) -> Option<Peer> {
-    let set = [p.pod_selector.is_some(), p.namespace_selector.is_some(), p.ip_block.is_some()];
-    match set.iter().filter(|s| **s).count() {
-        0 => {
-            errs.add(path, "Required value: must specify a peer");
-            return None;
-        }
-        n if n > 1 && p.ip_block.is_some() => {
-            errs.add(path, "Forbidden: may not specify both ipBlock and another peer");
-            return None;
-        }
-        _ => {}
-    }
-    if let Some(block) = &p.ip_block {
-        return ip_block(block, &format!("{path}.ipBlock"), errs).map(Peer::IpBlock);
-    }
-    Some(Peer::Pods {
-        namespace_selector: p
-            .namespace_selector
-            .as_ref()
-            .map(|s| label_selector(s, &format!("{path}.namespaceSelector"), errs)),
-        pod_selector: p
-            .pod_selector
-            .as_ref()
-            .map(|s| label_selector(s, &format!("{path}.podSelector"), errs)),
+    Some(IpBlock {
+        cidr: cidr.net,
+        except,
     })
 }
 
+/// `ValidateNetworkPolicyPeer`: every part is validated, then the combination.
+fn peer(p: &net::NetworkPolicyPeer, path: &str, errs: &mut Errors) -> Option<Peer> {
+    let pod_selector = p
+        .pod_selector
+        .as_ref()
+        .map(|s| label_selector(s, &format!("{path}.podSelector"), errs));
+    let namespace_selector = p
+        .namespace_selector
+        .as_ref()
+        .map(|s| label_selector(s, &format!("{path}.namespaceSelector"), errs));
+    let block = p
+        .ip_block
+        .as_ref()
+        .map(|b| ip_block(b, &format!("{path}.ipBlock"), errs));
+    let count = [
+        pod_selector.is_some(),
+        namespace_selector.is_some(),
+        block.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
+    match (count, block) {
+        (0, _) => {
+            errs.required(path, "must specify a peer");
+            None
+        }
+        (1, Some(block)) => block.map(Peer::IpBlock),
+        (_, Some(_)) => {
+            errs.forbidden(path, "may not specify both ipBlock and another peer");
+            None
+        }
+        (_, None) => Some(Peer::Pods {
+            namespace_selector,
+            pod_selector,
+        }),
+    }
+}
+
+/// One rule: its ports first, then its peers, as upstream orders them.
 fn rule(
     peers: Option<&Vec<net::NetworkPolicyPeer>>,
     ports: Option<&Vec<net::NetworkPolicyPort>>,
@@ -241,20 +451,19 @@ fn rule(
     peer_field: &str,
     errs: &mut Errors,
 ) -> Rule {
-    Rule {
-        peers: peers
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .filter_map(|(i, p)| peer(p, &format!("{path}.{peer_field}[{i}]"), errs))
-            .collect(),
-        ports: ports
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, p)| policy_port(p, &format!("{path}.ports[{i}]"), errs))
-            .collect(),
-    }
+    let ports = ports
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, p)| policy_port(p, &format!("{path}.ports[{i}]"), errs))
+        .collect();
+    let peers = peers
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| peer(p, &format!("{path}.{peer_field}[{i}]"), errs))
+        .collect();
+    Rule { peers, ports }
 }
 
 /// Validates a NetworkPolicy and applies its defaults (checklist §2).
@@ -275,7 +484,13 @@ pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidOb
         .flatten()
         .enumerate()
         .map(|(i, r)| {
-            rule(r.from.as_ref(), r.ports.as_ref(), &format!("spec.ingress[{i}]"), "from", &mut errs)
+            rule(
+                r.from.as_ref(),
+                r.ports.as_ref(),
+                &format!("spec.ingress[{i}]"),
+                "from",
+                &mut errs,
+            )
         })
         .collect();
     let egress: Vec<Rule> = spec
@@ -284,33 +499,48 @@ pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidOb
         .flatten()
         .enumerate()
         .map(|(i, r)| {
-            rule(r.to.as_ref(), r.ports.as_ref(), &format!("spec.egress[{i}]"), "to", &mut errs)
+            rule(
+                r.to.as_ref(),
+                r.ports.as_ref(),
+                &format!("spec.egress[{i}]"),
+                "to",
+                &mut errs,
+            )
         })
         .collect();
-    let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-        None => (true, !egress.is_empty()),
-        Some(types) => {
-            if types.len() > 2 {
-                errs.add("spec.policyTypes", "Invalid value: may not specify more than two policyTypes");
+    let types = spec.policy_types.as_deref().unwrap_or_default();
+    if types.len() > 2 {
+        let list: Vec<String> = types.iter().map(|t| go_quote(t)).collect();
+        errs.invalid(
+            "spec.policyTypes",
+            Bad::Raw(format!("[]networking.PolicyType{{{}}}", list.join(", "))),
+            "may not specify more than two policyTypes",
+        );
+    } else {
+        for (i, t) in types.iter().enumerate() {
+            if t != "Ingress" && t != "Egress" {
+                errs.not_supported(
+                    format!("spec.policyTypes[{i}]"),
+                    Bad::Str(t),
+                    &["Ingress", "Egress"],
+                );
             }
-            let mut ing = false;
-            let mut eg = false;
-            for (i, t) in types.iter().enumerate() {
-                match t.as_str() {
-                    "Ingress" => ing = true,
-                    "Egress" => eg = true,
-                    other => errs.add(
-                        format!("spec.policyTypes[{i}]"),
-                        format!("Unsupported value: {other:?}: supported values: \"Ingress\", \"Egress\""),
-                    ),
-                }
-            }
-            // An empty list is defaulted by the API server like an absent one.
-            if types.is_empty() { (true, !egress.is_empty()) } else { (ing, eg) }
         }
+    }
+    // SetDefaults_NetworkPolicy: absent or empty policyTypes.
+    let (isolates_ingress, isolates_egress) = if types.is_empty() {
+        (true, !egress.is_empty())
+    } else {
+        (
+            types.iter().any(|t| t == "Ingress"),
+            types.iter().any(|t| t == "Egress"),
+        )
     };
     let policy = NetworkPolicy {
-        key: Key::new(namespace_of(&p.metadata), p.metadata.name.clone().unwrap_or_default()),
+        key: Key::new(
+            namespace_of(&p.metadata),
+            p.metadata.name.clone().unwrap_or_default(),
+        ),
         pod_selector,
         isolates_ingress,
         isolates_egress,
@@ -329,67 +559,137 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
     errs.finish(object, Namespace::new(name, labels))
 }
 
-fn container_ports(spec: &core::PodSpec, path: &str, errs: &mut Errors) -> Vec<ContainerPort> {
-    let mut ports = Vec::new();
-    let containers = spec
-        .containers
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (format!("{path}.containers[{i}]"), c))
-        .chain(
-            spec.init_containers
-                .iter()
-                .flatten()
-                .enumerate()
-                // Only restartable init containers (sidecars) keep serving.
-                .filter(|(_, c)| c.restart_policy.as_deref() == Some("Always"))
-                .map(|(i, c)| (format!("{path}.initContainers[{i}]"), c)),
-        );
-    for (cpath, c) in containers {
-        for (j, p) in c.ports.iter().flatten().enumerate() {
-            let pp = format!("{cpath}.ports[{j}]");
-            errs.add_all(
+/// `validateContainerPorts` for one container; the protocol is defaulted to TCP first.
+fn check_container_ports(
+    ports: &[core::ContainerPort],
+    path: &str,
+    errs: &mut Errors,
+) -> Vec<ContainerPort> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for (j, p) in ports.iter().enumerate() {
+        let pp = format!("{path}[{j}]");
+        let name = p.name.as_deref().filter(|n| !n.is_empty());
+        if let Some(name) = name {
+            let reasons = validate::port_name(name);
+            if !reasons.is_empty() {
+                errs.invalid_all(&format!("{pp}.name"), Bad::Str(name), reasons);
+            } else if !names.insert(name) {
+                errs.duplicate(format!("{pp}.name"), Bad::Str(name));
+            }
+        }
+        if p.container_port == 0 {
+            errs.required(format!("{pp}.containerPort"), "");
+        } else {
+            errs.invalid_all(
                 &format!("{pp}.containerPort"),
-                &p.container_port.to_string(),
+                Bad::Int(p.container_port.into()),
                 validate::port_number(p.container_port),
             );
-            if let Some(name) = &p.name {
-                errs.add_all(&format!("{pp}.name"), name, validate::port_name(name));
+        }
+        if let Some(host) = p.host_port.filter(|h| *h != 0) {
+            errs.invalid_all(
+                &format!("{pp}.hostPort"),
+                Bad::Int(host.into()),
+                validate::port_number(host),
+            );
+        }
+        let protocol = match p.protocol.as_deref() {
+            None | Some("") | Some("TCP") => Protocol::Tcp,
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            Some(other) => {
+                errs.not_supported(
+                    format!("{pp}.protocol"),
+                    Bad::Str(other),
+                    &["SCTP", "TCP", "UDP"],
+                );
+                Protocol::Tcp
             }
-            let protocol = protocol(p.protocol.as_deref(), &format!("{pp}.protocol"), errs);
-            ports.push(ContainerPort {
-                name: p.name.clone(),
-                port: p.container_port.clamp(0, 65535) as u16,
-                protocol,
-            });
+        };
+        out.push(ContainerPort {
+            name: name.map(str::to_string),
+            port: p.container_port.clamp(0, 65535) as u16,
+            protocol,
+        });
+    }
+    out
+}
+
+/// The ports of a pod spec: every container's are validated; those of containers and of
+/// restartable init containers (sidecars, which keep serving) are kept.
+fn container_ports(spec: &core::PodSpec, path: &str, errs: &mut Errors) -> Vec<ContainerPort> {
+    let mut ports = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let p = format!("{path}.containers[{i}].ports");
+        ports.extend(check_container_ports(
+            c.ports.as_deref().unwrap_or_default(),
+            &p,
+            errs,
+        ));
+    }
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        let p = format!("{path}.initContainers[{i}].ports");
+        let checked = check_container_ports(c.ports.as_deref().unwrap_or_default(), &p, errs);
+        if c.restart_policy.as_deref() == Some("Always") {
+            ports.extend(checked);
         }
     }
     ports
 }
 
+/// The pod's IPs as the API server holds them, validated as `validatePodIPs` does on a
+/// status update. When `podIP` and `podIPs[0]` differ, `podIP` wins (the v1 conversion).
 fn pod_ips(status: Option<&core::PodStatus>, errs: &mut Errors) -> Vec<std::net::IpAddr> {
-    let Some(status) = status else { return Vec::new() };
+    let Some(status) = status else {
+        return Vec::new();
+    };
+    let mut raw: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|p| p.ip.as_str())
+        .collect();
+    if let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty())
+        && raw.first() != Some(&ip)
+    {
+        raw = vec![ip];
+    }
+    let path = "status.podIPs";
     let mut ips = Vec::new();
-    match &status.pod_ips {
-        Some(list) if !list.is_empty() => {
-            for (i, ip) in list.iter().enumerate() {
-                match validate::parse_ip(&ip.ip) {
-                    Ok(a) => ips.push(a),
-                    Err(e) => errs.add(format!("status.podIPs[{i}].ip"), format!("Invalid value: {:?}: {e}", ip.ip)),
-                }
-            }
-        }
-        _ => {
-            if let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
-                match validate::parse_ip(ip) {
-                    Ok(a) => ips.push(a),
-                    Err(e) => errs.add("status.podIP", format!("Invalid value: {ip:?}: {e}")),
-                }
+    let mut all_valid = true;
+    for (i, ip) in raw.iter().enumerate() {
+        match validate::parse_ip(ip) {
+            Ok(a) => ips.push(a),
+            Err(e) => {
+                all_valid = false;
+                errs.invalid(format!("{path}[{i}]"), Bad::Str(ip), &e);
             }
         }
     }
-    if ips.len() == 2 && IpFamily::of(&ips[0]) == IpFamily::of(&ips[1]) || ips.len() > 2 {
-        errs.add("status.podIPs", "Invalid value: must contain at most one IP per family");
+    if raw.len() > 1 {
+        let v4 = ips.iter().any(|ip| ip.is_ipv4());
+        let v6 = ips.iter().any(|ip| ip.is_ipv6());
+        if !(all_valid && v4 && v6) || raw.len() > 2 {
+            let list: Vec<String> = raw
+                .iter()
+                .map(|ip| format!("core.PodIP{{IP:{}}}", go_quote(ip)))
+                .collect();
+            errs.invalid(
+                path,
+                Bad::Raw(format!("[]core.PodIP{{{}}}", list.join(", "))),
+                "may specify no more than one IP for each IP family",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, ip) in raw.iter().enumerate() {
+            if !seen.insert(*ip) {
+                errs.duplicate(
+                    format!("{path}[{i}]"),
+                    Bad::Raw(format!("core.PodIP{{IP:{}}}", go_quote(ip))),
+                );
+            }
+        }
     }
     ips
 }
@@ -415,7 +715,10 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidObject> {
     let ports = container_ports(spec, "spec", &mut errs);
     let ips = pod_ips(p.status.as_ref(), &mut errs);
     let pod = Pod {
-        key: Key::new(namespace_of(&p.metadata), p.metadata.name.clone().unwrap_or_default()),
+        key: Key::new(
+            namespace_of(&p.metadata),
+            p.metadata.name.clone().unwrap_or_default(),
+        ),
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ips,
         ports,
@@ -427,7 +730,43 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidObject> {
     errs.finish(object, pod)
 }
 
+/// The template part of `ValidatePodTemplateSpec` the model reads: labels (reported at
+/// `<template>.labels`, as upstream does), annotations, container ports.
+fn template_pod(
+    source: PodSource,
+    metadata: &meta::ObjectMeta,
+    template: &core::PodTemplateSpec,
+    template_path: &str,
+    errs: &mut Errors,
+) -> Pod {
+    let tmeta = template.metadata.clone().unwrap_or_default();
+    let labels = tmeta.labels.unwrap_or_default();
+    check_labels(&labels, &format!("{template_path}.labels"), errs);
+    if let Some(annotations) = &tmeta.annotations {
+        check_annotations(annotations, &format!("{template_path}.annotations"), errs);
+    }
+    let default_spec = core::PodSpec::default();
+    let spec = template.spec.as_ref().unwrap_or(&default_spec);
+    let ports = container_ports(spec, &format!("{template_path}.spec"), errs);
+    Pod {
+        key: Key::new(
+            namespace_of(metadata),
+            metadata.name.clone().unwrap_or_default(),
+        ),
+        labels,
+        ips: Vec::new(),
+        ports,
+        host_network: spec.host_network.unwrap_or(false),
+        node: None,
+        phase: PodPhase::Running,
+        source,
+    }
+}
+
 /// A workload stands in as one representative pod: its template's labels and ports.
+///
+/// Validates the metadata and the template only; the typed functions ([`deployment`],
+/// [`stateful_set`], ...) also check the workload's selector against the template.
 pub fn workload(
     source: PodSource,
     metadata: &meta::ObjectMeta,
@@ -437,29 +776,198 @@ pub fn workload(
     let object = object_ref(source.as_str(), metadata, true);
     let mut errs = Errors::default();
     check_metadata(metadata, true, validate::dns1123_subdomain, &mut errs);
-    let labels: Labels = match template {
-        None => {
-            errs.add(template_path, "Required value");
-            Labels::new()
-        }
-        Some(t) => {
-            let labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-            check_labels(&labels, &format!("{template_path}.metadata.labels"), &mut errs);
-            labels
-        }
-    };
-    let default_spec = core::PodSpec::default();
-    let spec = template.and_then(|t| t.spec.as_ref()).unwrap_or(&default_spec);
-    let ports = container_ports(spec, &format!("{template_path}.spec"), &mut errs);
-    let pod = Pod {
-        key: Key::new(namespace_of(metadata), metadata.name.clone().unwrap_or_default()),
-        labels,
-        ips: Vec::new(),
-        ports,
-        host_network: spec.host_network.unwrap_or(false),
-        node: None,
-        phase: PodPhase::Running,
-        source,
-    };
+    if template.is_none() {
+        errs.required(template_path, "");
+    }
+    let default_template = core::PodTemplateSpec::default();
+    let template = template.unwrap_or(&default_template);
+    let pod = template_pod(source, metadata, template, template_path, &mut errs);
     errs.finish(object, pod)
+}
+
+/// The apps/v1 rule (Deployment, ReplicaSet, StatefulSet, DaemonSet): a valid, non-empty
+/// `spec.selector` that matches the template's labels. k8s-openapi reads an absent selector
+/// as the empty one, so both are reported as empty.
+fn apps_selector(
+    selector: &meta::LabelSelector,
+    template_labels: &Labels,
+    kind: &str,
+    errs: &mut Errors,
+) {
+    let before = errs.0.len();
+    let parsed = label_selector(selector, "spec.selector", errs);
+    if parsed.is_everything() {
+        errs.invalid(
+            "spec.selector",
+            Bad::Raw(format!("{parsed}")),
+            &format!("empty selector is invalid for {}", kind.to_lowercase()),
+        );
+    } else if errs.0.len() == before && !parsed.matches(template_labels) {
+        errs.invalid(
+            "spec.template.metadata.labels",
+            Bad::Raw(go_map(template_labels)),
+            "`selector` does not match template `labels`",
+        );
+    }
+}
+
+fn apps_workload(
+    source: PodSource,
+    metadata: &meta::ObjectMeta,
+    selector: &meta::LabelSelector,
+    template: &core::PodTemplateSpec,
+) -> Result<Pod, InvalidObject> {
+    let object = object_ref(source.as_str(), metadata, true);
+    let mut errs = Errors::default();
+    check_metadata(metadata, true, validate::dns1123_subdomain, &mut errs);
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    apps_selector(selector, &labels, source.as_str(), &mut errs);
+    let pod = template_pod(source, metadata, template, "spec.template", &mut errs);
+    errs.finish(object, pod)
+}
+
+pub fn deployment(d: &apps::Deployment) -> Result<Pod, InvalidObject> {
+    let spec = d.spec.clone().unwrap_or_default();
+    apps_workload(
+        PodSource::Deployment,
+        &d.metadata,
+        &spec.selector,
+        &spec.template,
+    )
+}
+
+pub fn stateful_set(s: &apps::StatefulSet) -> Result<Pod, InvalidObject> {
+    let spec = s.spec.clone().unwrap_or_default();
+    apps_workload(
+        PodSource::StatefulSet,
+        &s.metadata,
+        &spec.selector,
+        &spec.template,
+    )
+}
+
+pub fn daemon_set(d: &apps::DaemonSet) -> Result<Pod, InvalidObject> {
+    let spec = d.spec.clone().unwrap_or_default();
+    apps_workload(
+        PodSource::DaemonSet,
+        &d.metadata,
+        &spec.selector,
+        &spec.template,
+    )
+}
+
+pub fn replica_set(r: &apps::ReplicaSet) -> Result<Pod, InvalidObject> {
+    let spec = r.spec.clone().unwrap_or_default();
+    let template = spec.template.unwrap_or_default();
+    apps_workload(
+        PodSource::ReplicaSet,
+        &r.metadata,
+        &spec.selector,
+        &template,
+    )
+}
+
+/// The selector defaults to the template's labels, must then be non-empty, and must match
+/// them (`ValidateReplicationControllerSpec`, `ValidatePodTemplateSpecForRC`).
+pub fn replication_controller(rc: &core::ReplicationController) -> Result<Pod, InvalidObject> {
+    let object = object_ref("ReplicationController", &rc.metadata, true);
+    let mut errs = Errors::default();
+    check_metadata(&rc.metadata, true, validate::dns1123_subdomain, &mut errs);
+    let spec = rc.spec.clone().unwrap_or_default();
+    let default_template = core::PodTemplateSpec::default();
+    let template = spec.template.as_ref().unwrap_or(&default_template);
+    let labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = spec
+        .selector
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| labels.clone());
+    if selector.is_empty() {
+        errs.required("spec.selector", "");
+    }
+    check_labels(&selector, "spec.selector", &mut errs);
+    if spec.template.is_none() {
+        errs.required("spec.template", "");
+    } else if !selector.is_empty() && !LabelSelector::from_labels(selector).matches(&labels) {
+        errs.invalid(
+            "spec.template.metadata.labels",
+            Bad::Raw(go_map(&labels)),
+            "`selector` does not match template `labels`",
+        );
+    }
+    let pod = template_pod(
+        PodSource::ReplicationController,
+        &rc.metadata,
+        template,
+        "spec.template",
+        &mut errs,
+    );
+    errs.finish(object, pod)
+}
+
+/// A Job's selector is generated by the API server (unless `manualSelector`), so only the
+/// template is checked.
+pub fn job(j: &batch::Job) -> Result<Pod, InvalidObject> {
+    let spec = j.spec.clone().unwrap_or_default();
+    workload(
+        PodSource::Job,
+        &j.metadata,
+        Some(&spec.template),
+        "spec.template",
+    )
+}
+
+/// As a Job, plus the name limit: the CronJob's jobs are named `<name>-<11 characters>`.
+pub fn cron_job(c: &batch::CronJob) -> Result<Pod, InvalidObject> {
+    let object = object_ref("CronJob", &c.metadata, true);
+    let mut errs = Errors::default();
+    check_metadata(&c.metadata, true, validate::dns1123_subdomain, &mut errs);
+    if let Some(name) = c.metadata.name.as_deref()
+        && name.len() > CRONJOB_NAME_MAX
+    {
+        errs.invalid(
+            "metadata.name",
+            Bad::Str(name),
+            &format!("must be no more than {CRONJOB_NAME_MAX} characters"),
+        );
+    }
+    let template = c
+        .spec
+        .as_ref()
+        .and_then(|s| s.job_template.spec.as_ref())
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let pod = template_pod(
+        PodSource::CronJob,
+        &c.metadata,
+        &template,
+        "spec.jobTemplate.spec.template",
+        &mut errs,
+    );
+    errs.finish(object, pod)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_quote_keeps_one_line() {
+        assert_eq!(go_quote("a\nb\"c\\"), r#""a\nb\"c\\""#);
+        assert_eq!(go_quote("\u{1}é"), "\"\\x01é\"");
+    }
+
+    #[test]
+    fn generate_name_may_end_in_a_dash() {
+        assert_eq!(mask_trailing_dash("web-"), "weba");
+        assert_eq!(mask_trailing_dash("-"), "-");
+    }
 }

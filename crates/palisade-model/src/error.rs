@@ -22,9 +22,15 @@ impl ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = if self.name.is_empty() { "<unnamed>" } else { &self.name };
+        // Names come from files: escaped, so that a report stays on one line.
+        let name = if self.name.is_empty() {
+            "<unnamed>"
+        } else {
+            &self.name
+        };
+        let name = name.escape_debug();
         match &self.namespace {
-            Some(ns) => write!(f, "{} {}/{}", self.kind, ns, name),
+            Some(ns) => write!(f, "{} {}/{}", self.kind, ns.escape_debug(), name),
             None => write!(f, "{} {}", self.kind, name),
         }
     }
@@ -53,5 +59,9 @@ pub struct InvalidObject {
 }
 
 fn join(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

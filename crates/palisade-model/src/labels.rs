@@ -66,7 +66,10 @@ impl LabelSelector {
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
         Self {
-            match_labels: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            match_labels: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             match_expressions: Vec::new(),
         }
     }
@@ -77,7 +80,9 @@ impl LabelSelector {
 
     /// matchLabels AND every matchExpression.
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 }
@@ -88,8 +93,11 @@ impl fmt::Display for LabelSelector {
         if self.is_everything() {
             return f.write_str("{}");
         }
-        let mut parts: Vec<String> =
-            self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         for r in &self.match_expressions {
             let values = r.values.iter().cloned().collect::<Vec<_>>().join(",");
             parts.push(match r.operator {
@@ -108,7 +116,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
@@ -127,17 +138,67 @@ mod tests {
         let web = labels(&[("app", "web"), ("tier", "front")]);
         let bare = labels(&[]);
         let rows: Vec<(&str, LabelSelector, &Labels, bool)> = vec![
-            ("§7 empty selector matches all", LabelSelector::everything(), &bare, true),
-            ("§7 matchLabels equal", LabelSelector::from_labels([("app", "web")]), &web, true),
-            ("§7 matchLabels differ", LabelSelector::from_labels([("app", "db")]), &web, false),
-            ("§7 In hit", req("app", Operator::In, &["web", "db"]), &web, true),
-            ("§7 In missing key", req("app", Operator::In, &["web"]), &bare, false),
-            ("§7 NotIn hit", req("app", Operator::NotIn, &["web"]), &web, false),
-            ("§7 NotIn missing key is true", req("app", Operator::NotIn, &["web"]), &bare, true),
+            (
+                "§7 empty selector matches all",
+                LabelSelector::everything(),
+                &bare,
+                true,
+            ),
+            (
+                "§7 matchLabels equal",
+                LabelSelector::from_labels([("app", "web")]),
+                &web,
+                true,
+            ),
+            (
+                "§7 matchLabels differ",
+                LabelSelector::from_labels([("app", "db")]),
+                &web,
+                false,
+            ),
+            (
+                "§7 In hit",
+                req("app", Operator::In, &["web", "db"]),
+                &web,
+                true,
+            ),
+            (
+                "§7 In missing key",
+                req("app", Operator::In, &["web"]),
+                &bare,
+                false,
+            ),
+            (
+                "§7 NotIn hit",
+                req("app", Operator::NotIn, &["web"]),
+                &web,
+                false,
+            ),
+            (
+                "§7 NotIn missing key is true",
+                req("app", Operator::NotIn, &["web"]),
+                &bare,
+                true,
+            ),
             ("§7 Exists", req("tier", Operator::Exists, &[]), &web, true),
-            ("§7 Exists missing", req("tier", Operator::Exists, &[]), &bare, false),
-            ("§7 DoesNotExist", req("tier", Operator::DoesNotExist, &[]), &bare, true),
-            ("§7 DoesNotExist present", req("tier", Operator::DoesNotExist, &[]), &web, false),
+            (
+                "§7 Exists missing",
+                req("tier", Operator::Exists, &[]),
+                &bare,
+                false,
+            ),
+            (
+                "§7 DoesNotExist",
+                req("tier", Operator::DoesNotExist, &[]),
+                &bare,
+                true,
+            ),
+            (
+                "§7 DoesNotExist present",
+                req("tier", Operator::DoesNotExist, &[]),
+                &web,
+                false,
+            ),
         ];
         for (name, selector, labels, expected) in rows {
             assert_eq!(selector.matches(labels), expected, "{name}");

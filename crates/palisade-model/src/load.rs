@@ -1,20 +1,28 @@
 //! Manifests from files, folders (recursively, `*.yaml`, `*.yml`, `*.json`) and stdin:
 //! multi-document YAML, JSON, and `kind: List`. Every problem is collected, none stops the
 //! others from being reported, and nothing panics.
+//!
+//! Read as `kubectl apply` reads them: a key set twice in a mapping is a syntax error (as
+//! `sigs.k8s.io/yaml` has it), a field the type does not have is an error (kubectl's default
+//! `--validate=strict`), a namespaced object without a namespace lands in `default`, and each
+//! workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job,
+//! CronJob) stands in as one representative pod named after it, with its template's labels
+//! and container ports. Kinds Palisade does not read are skipped with a note.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
 use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::convert;
 use crate::error::InvalidObject;
-use crate::types::{Object, PodSource};
+use crate::types::Object;
 
 /// Where an object came from: `examples/web.yaml` (document 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,15 +45,36 @@ impl fmt::Display for Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}:{column}: malformed {format}: {message}")]
-    Syntax { file: String, format: &'static str, line: usize, column: usize, message: String },
+    Syntax {
+        file: String,
+        format: &'static str,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{origin}: {object}: {field}: {message}")]
-    Decode { origin: Origin, object: String, field: String, message: String },
+    Decode {
+        origin: Origin,
+        object: String,
+        field: String,
+        message: String,
+    },
     #[error("{origin}: {invalid}")]
-    Invalid { origin: Origin, invalid: InvalidObject },
+    Invalid {
+        origin: Origin,
+        invalid: InvalidObject,
+    },
     #[error("{origin}: {object} is defined twice (first in {first})")]
-    Duplicate { origin: Origin, object: String, first: Origin },
+    Duplicate {
+        origin: Origin,
+        object: String,
+        first: Origin,
+    },
 }
 
 /// Everything read from a set of paths.
@@ -76,22 +105,20 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
             let mut text = String::new();
             match std::io::stdin().read_to_string(&mut text) {
                 Ok(_) => load_str(&text, "<stdin>", &mut loaded),
-                Err(source) => loaded.errors.push(LoadError::Io { path: "<stdin>".into(), source }),
+                Err(source) => loaded.errors.push(LoadError::Io {
+                    path: "<stdin>".into(),
+                    source,
+                }),
             }
             continue;
         }
-        match manifest_files(path) {
-            Ok(files) => {
-                for file in files {
-                    let name = file.display().to_string();
-                    match std::fs::read_to_string(&file) {
-                        Ok(text) => load_str(&text, &name, &mut loaded),
-                        Err(source) => loaded.errors.push(LoadError::Io { path: name, source }),
-                    }
-                }
-            }
-            Err(source) => {
-                loaded.errors.push(LoadError::Io { path: path.display().to_string(), source })
+        let mut files = Vec::new();
+        manifest_files(path, true, &mut Vec::new(), &mut files, &mut loaded.errors);
+        for file in files {
+            let name = file.display().to_string();
+            match std::fs::read_to_string(&file) {
+                Ok(text) => load_str(&text, &name, &mut loaded),
+                Err(source) => loaded.errors.push(LoadError::Io { path: name, source }),
             }
         }
     }
@@ -99,115 +126,340 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
     loaded
 }
 
-fn manifest_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        // A named file is read whatever its extension; a missing one errors on read.
-        std::fs::metadata(path)?;
-        return Ok(vec![path.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut entries: Vec<PathBuf> =
-        std::fs::read_dir(path)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            out.extend(manifest_files(&entry)?);
-        } else if matches!(
-            entry.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(entry);
-        }
-    }
-    Ok(out)
-}
-
-/// Parses one file's text (YAML stream or JSON) into `loaded`.
-pub fn load_str(text: &str, file: &str, loaded: &mut Loaded) {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // JSON: serde_json reports exact lines; a JSON stream of several values is allowed.
-        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
-        for (i, doc) in stream.enumerate() {
-            match doc {
-                Ok(value) => {
-                    load_value(value, &Origin { file: file.into(), document: i + 1 }, loaded)
-                }
-                Err(e) => {
-                    loaded.errors.push(LoadError::Syntax {
-                        file: file.into(),
-                        format: "JSON",
-                        line: e.line(),
-                        column: e.column(),
-                        message: e.to_string(),
-                    });
-                    return;
-                }
-            }
+/// Collects the manifest files under `path`: a file named on the command line is read
+/// whatever its extension (a missing one is an Io error); in a folder, only `*.yaml`,
+/// `*.yml` and `*.json`, sorted, recursively. A symlink back to a folder being walked (a
+/// loop) is not followed; an unreadable entry is reported and the walk goes on.
+fn manifest_files(
+    path: &Path,
+    named: bool,
+    visiting: &mut Vec<PathBuf>,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<LoadError>,
+) {
+    let io = |source| LoadError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let is_manifest = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    );
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(source) if named || is_manifest => return errors.push(io(source)),
+        Err(_) => return,
+    };
+    if !meta.is_dir() {
+        if named || is_manifest {
+            out.push(path.to_path_buf());
         }
         return;
     }
-    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let origin = Origin { file: file.into(), document: i + 1 };
-        match Value::deserialize_from(document) {
-            Ok(value) => load_value(value, &origin, loaded),
-            Err(e) => {
-                let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-                loaded.errors.push(LoadError::Syntax {
-                    file: file.into(),
-                    format: "YAML",
-                    line,
-                    column,
-                    message: e.to_string(),
-                });
-                // After a syntax error the rest of the stream cannot be trusted.
-                return;
+    let real = match std::fs::canonicalize(path) {
+        Ok(r) => r,
+        Err(source) => return errors.push(io(source)),
+    };
+    if visiting.contains(&real) {
+        return;
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(source) => return errors.push(io(source)),
+    };
+    let mut children = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(e) => children.push(e.path()),
+            Err(source) => errors.push(io(source)),
+        }
+    }
+    children.sort();
+    visiting.push(real);
+    for child in children {
+        manifest_files(&child, false, visiting, out, errors);
+    }
+    visiting.pop();
+}
+
+/// Parses one file's text (YAML stream, JSON value or stream of JSON values) into `loaded`.
+pub fn load_str(text: &str, file: &str, loaded: &mut Loaded) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        // JSON: serde_json reports exact lines. A YAML flow mapping also starts with '{':
+        // when the text is not JSON but is YAML, it is read as YAML.
+        let mut values = Vec::new();
+        let mut syntax = None;
+        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            match doc {
+                Ok(value) => values.push(value),
+                Err(e) => {
+                    syntax = Some(e);
+                    break;
+                }
             }
         }
+        let Some(e) = syntax else {
+            for (i, value) in values.into_iter().enumerate() {
+                load_value(
+                    value,
+                    &Origin {
+                        file: file.into(),
+                        document: i + 1,
+                    },
+                    loaded,
+                );
+            }
+            return;
+        };
+        if yaml_documents(text).is_err() {
+            loaded.errors.push(LoadError::Syntax {
+                file: file.into(),
+                format: "JSON",
+                line: e.line(),
+                column: e.column(),
+                message: one_line(&e.to_string()),
+            });
+            return;
+        }
+    }
+    let (documents, error) = match yaml_documents(text) {
+        Ok(docs) => (docs, None),
+        Err((docs, e)) => (docs, Some(e)),
+    };
+    // The documents before a syntax error are sound; after it the stream cannot be trusted.
+    for (i, value) in documents.into_iter().enumerate() {
+        load_value(
+            value,
+            &Origin {
+                file: file.into(),
+                document: i + 1,
+            },
+            loaded,
+        );
+    }
+    if let Some(e) = error {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        loaded.errors.push(LoadError::Syntax {
+            file: file.into(),
+            format: "YAML",
+            line,
+            column,
+            message: one_line(&e.to_string()),
+        });
     }
 }
 
-trait DeserializeFrom: Sized {
-    fn deserialize_from(d: serde_yaml_ng::Deserializer<'_>) -> Result<Self, serde_yaml_ng::Error>;
+type YamlResult = Result<Vec<Value>, (Vec<Value>, serde_yaml_ng::Error)>;
+
+/// Every document of a YAML stream, or those before the first error and the error.
+fn yaml_documents(text: &str) -> YamlResult {
+    let mut docs = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
+        match <YamlValue as serde::Deserialize>::deserialize(document) {
+            Ok(YamlValue(value)) => docs.push(value),
+            Err(e) => return Err((docs, e)),
+        }
+    }
+    Ok(docs)
 }
 
-impl DeserializeFrom for Value {
-    fn deserialize_from(d: serde_yaml_ng::Deserializer<'_>) -> Result<Self, serde_yaml_ng::Error> {
-        serde::Deserialize::deserialize(d)
+/// Objects from an already-parsed document (a JSON/YAML value: an object, a `kind: List`,
+/// or null), e.g. a policy embedded in a conformance case, read as [`load_paths`] reads each
+/// document of a file: unknown kinds become notes, duplicates errors.
+pub fn load_document(value: Value, origin: &Origin) -> Loaded {
+    let mut loaded = Loaded::default();
+    load_value(value, origin, &mut loaded);
+    check_duplicates(&mut loaded);
+    loaded
+}
+
+/// Error texts of the parsers may span lines; a report line must not.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A YAML document as the JSON value `sigs.k8s.io/yaml` makes of it: a key set twice in
+/// one mapping is an error (`key "x" already set in map`), not a silent overwrite; scalar
+/// keys (`1:`, `true:`) become strings.
+struct YamlValue(Value);
+
+impl<'de> serde::Deserialize<'de> for YamlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(YamlVisitor).map(YamlValue)
+    }
+}
+
+struct YamlVisitor;
+
+impl<'de> serde::de::Visitor<'de> for YamlVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(YamlValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(YamlValue(key)) = map.next_key()? {
+            let key = match key {
+                Value::String(s) => s,
+                Value::Null => "null".to_string(),
+                Value::Bool(_) | Value::Number(_) => key.to_string(),
+                _ => {
+                    return Err(serde::de::Error::custom(
+                        "a mapping key must be a scalar (string, number or boolean)",
+                    ));
+                }
+            };
+            let YamlValue(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "key {key:?} already set in map"
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
     }
 }
 
 fn describe(value: &Value) -> String {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("<no kind>");
     let meta = value.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<unnamed>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
-        Some(ns) => format!("{kind} {ns}/{name}"),
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
+    let (kind, name) = (kind.escape_debug(), name.escape_debug());
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
+        Some(ns) => format!("{kind} {}/{name}", ns.escape_debug()),
         None => format!("{kind} {name}"),
     }
 }
 
-fn decode<T: DeserializeOwned>(value: Value, origin: &Origin, loaded: &mut Loaded) -> Option<T> {
+/// Decodes `value` as `T`, naming the field path of a type error, then rejects fields `T`
+/// does not have, as `kubectl apply` does by default (`--validate=strict`): a misspelt
+/// `podSelecter` silently dropped would turn a policy into one selecting every pod.
+fn decode<T: DeserializeOwned + Serialize>(
+    value: Value,
+    origin: &Origin,
+    loaded: &mut Loaded,
+) -> Option<T> {
     let object = describe(&value);
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(t) => Some(t),
+    let decode_error = |field: String, message: String| LoadError::Decode {
+        origin: origin.clone(),
+        object: object.clone(),
+        field,
+        message,
+    };
+    let typed = match serde_path_to_error::deserialize::<_, T>(&value) {
+        Ok(t) => t,
         Err(e) => {
             let field = e.path().to_string();
-            loaded.errors.push(LoadError::Decode {
-                origin: origin.clone(),
-                object,
-                field,
-                message: e.into_inner().to_string(),
-            });
-            None
+            loaded
+                .errors
+                .push(decode_error(field, e.into_inner().to_string()));
+            return None;
         }
+    };
+    let known = match serde_json::to_value(&typed) {
+        Ok(v) => v,
+        Err(e) => {
+            loaded
+                .errors
+                .push(decode_error(String::new(), e.to_string()));
+            return None;
+        }
+    };
+    let mut unknown = Vec::new();
+    unknown_fields(&value, &known, "", &mut unknown);
+    unknown.sort();
+    if unknown.is_empty() {
+        return Some(typed);
+    }
+    for (field, name) in unknown {
+        loaded
+            .errors
+            .push(decode_error(field, format!("unknown field {name:?}")));
+    }
+    None
+}
+
+/// Fields present (and not null) in `input` but gone from `known`, the same object read
+/// into its type and written back.
+fn unknown_fields(input: &Value, known: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match (input, known) {
+        (Value::Object(input), Value::Object(known)) => {
+            for (k, v) in input {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match known.get(k) {
+                    _ if v.is_null() => {}
+                    None => out.push((p, k.clone())),
+                    Some(kv) => unknown_fields(v, kv, &p, out),
+                }
+            }
+        }
+        (Value::Array(input), Value::Array(known)) => {
+            for (i, (v, kv)) in input.iter().zip(known).enumerate() {
+                unknown_fields(v, kv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
 fn push(result: Result<Object, InvalidObject>, origin: &Origin, loaded: &mut Loaded) {
     match result {
         Ok(object) => loaded.objects.push((origin.clone(), object)),
-        Err(invalid) => loaded.errors.push(LoadError::Invalid { origin: origin.clone(), invalid }),
+        Err(invalid) => loaded.errors.push(LoadError::Invalid {
+            origin: origin.clone(),
+            invalid,
+        }),
     }
 }
 
@@ -221,19 +473,20 @@ fn load_value(value: Value, origin: &Origin, loaded: &mut Loaded) {
         }
         return;
     }
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-    let api_version =
-        value.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
-    macro_rules! workload {
-        ($ty:ty, $source:expr, |$w:ident| $template:expr, $path:expr) => {
-            if let Some($w) = decode::<$ty>(value, origin, loaded) {
-                let template = $template;
-                push(
-                    convert::workload($source, &$w.metadata, template, $path)
-                        .map(Object::Pod),
-                    origin,
-                    loaded,
-                );
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    macro_rules! typed {
+        ($ty:ty, $convert:path, $object:path) => {
+            if let Some(t) = decode::<$ty>(value, origin, loaded) {
+                push($convert(&t).map($object), origin, loaded);
             }
         };
     }
@@ -254,70 +507,45 @@ fn load_value(value: Value, origin: &Origin, loaded: &mut Loaded) {
                 }),
             }
         }
-        ("v1", "Namespace") => {
-            if let Some(ns) = decode::<core::Namespace>(value, origin, loaded) {
-                push(convert::namespace(&ns).map(Object::Namespace), origin, loaded);
-            }
-        }
-        ("v1", "Pod") => {
-            if let Some(pod) = decode::<core::Pod>(value, origin, loaded) {
-                push(convert::pod(&pod).map(Object::Pod), origin, loaded);
-            }
-        }
+        ("v1", "Namespace") => typed!(core::Namespace, convert::namespace, Object::Namespace),
+        ("v1", "Pod") => typed!(core::Pod, convert::pod, Object::Pod),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
-            if let Some(p) = decode::<net::NetworkPolicy>(value, origin, loaded) {
-                push(convert::network_policy(&p).map(Object::NetworkPolicy), origin, loaded);
-            }
+            typed!(
+                net::NetworkPolicy,
+                convert::network_policy,
+                Object::NetworkPolicy
+            )
         }
-        ("apps/v1", "Deployment") => workload!(
-            apps::Deployment,
-            PodSource::Deployment,
-            |w| w.spec.as_ref().map(|s| &s.template),
-            "spec.template"
-        ),
-        ("apps/v1", "StatefulSet") => workload!(
-            apps::StatefulSet,
-            PodSource::StatefulSet,
-            |w| w.spec.as_ref().map(|s| &s.template),
-            "spec.template"
-        ),
-        ("apps/v1", "DaemonSet") => workload!(
-            apps::DaemonSet,
-            PodSource::DaemonSet,
-            |w| w.spec.as_ref().map(|s| &s.template),
-            "spec.template"
-        ),
-        ("apps/v1", "ReplicaSet") => workload!(
-            apps::ReplicaSet,
-            PodSource::ReplicaSet,
-            |w| w.spec.as_ref().and_then(|s| s.template.as_ref()),
-            "spec.template"
-        ),
-        ("v1", "ReplicationController") => workload!(
-            core::ReplicationController,
-            PodSource::ReplicationController,
-            |w| w.spec.as_ref().and_then(|s| s.template.as_ref()),
-            "spec.template"
-        ),
-        ("batch/v1", "Job") => workload!(
-            batch::Job,
-            PodSource::Job,
-            |w| w.spec.as_ref().map(|s| &s.template),
-            "spec.template"
-        ),
-        ("batch/v1", "CronJob") => workload!(
-            batch::CronJob,
-            PodSource::CronJob,
-            |w| w.spec.as_ref().and_then(|s| s.job_template.spec.as_ref()).map(|s| &s.template),
-            "spec.jobTemplate.spec.template"
-        ),
+        ("apps/v1", "Deployment") => typed!(apps::Deployment, convert::deployment, Object::Pod),
+        ("apps/v1", "StatefulSet") => typed!(apps::StatefulSet, convert::stateful_set, Object::Pod),
+        ("apps/v1", "DaemonSet") => typed!(apps::DaemonSet, convert::daemon_set, Object::Pod),
+        ("apps/v1", "ReplicaSet") => typed!(apps::ReplicaSet, convert::replica_set, Object::Pod),
+        ("v1", "ReplicationController") => {
+            typed!(
+                core::ReplicationController,
+                convert::replication_controller,
+                Object::Pod
+            )
+        }
+        ("batch/v1", "Job") => typed!(batch::Job, convert::job, Object::Pod),
+        ("batch/v1", "CronJob") => typed!(batch::CronJob, convert::cron_job, Object::Pod),
         _ => {
             let what = if kind.is_empty() {
                 "a document without kind".to_string()
             } else {
-                format!("{} ({})", describe(&value), if api_version.is_empty() { "no apiVersion" } else { &api_version })
+                format!(
+                    "{} ({})",
+                    describe(&value),
+                    if api_version.is_empty() {
+                        "no apiVersion"
+                    } else {
+                        &api_version
+                    }
+                )
             };
-            loaded.notes.push(format!("{origin}: skipped {what}: not a kind Palisade reads"));
+            loaded.notes.push(format!(
+                "{origin}: skipped {what}: not a kind Palisade reads"
+            ));
         }
     }
 }
@@ -352,12 +580,4 @@ fn check_duplicates(loaded: &mut Loaded) {
         }
     }
     loaded.objects = keep;
-}
-
-/// Objects from an already-parsed document (a JSON/YAML value), e.g. a policy embedded in
-/// a conformance case. Unknown kinds become notes, as in files.
-pub fn load_document(value: Value, origin: &Origin) -> Loaded {
-    let mut loaded = Loaded::default();
-    load_value(value, origin, &mut loaded);
-    loaded
 }

@@ -45,7 +45,9 @@ impl FromStr for Protocol {
             "TCP" => Ok(Protocol::Tcp),
             "UDP" => Ok(Protocol::Udp),
             "SCTP" => Ok(Protocol::Sctp),
-            _ => Err(format!("unsupported protocol {s:?} (expected TCP, UDP or SCTP)")),
+            _ => Err(format!(
+                "unsupported protocol {s:?} (expected TCP, UDP or SCTP)"
+            )),
         }
     }
 }
@@ -58,7 +60,11 @@ pub enum IpFamily {
 
 impl IpFamily {
     pub fn of(ip: &IpAddr) -> Self {
-        if ip.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 }
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
     }
 }
 
@@ -115,7 +121,10 @@ pub struct Key {
 
 impl Key {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -233,7 +242,10 @@ impl Pod {
     }
 
     pub fn ip(&self, family: IpFamily) -> Option<IpAddr> {
-        self.ips.iter().copied().find(|ip| IpFamily::of(ip) == family)
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(ip) == family)
     }
 
     /// The container port a named port refers to, for one protocol (checklist §8).
@@ -291,14 +303,20 @@ impl IpBlock {
 pub enum Peer {
     /// podSelector and/or namespaceSelector. `None` = that field was absent.
     /// podSelector alone: pods of the policy's namespace (checklist §6).
-    Pods { namespace_selector: Option<LabelSelector>, pod_selector: Option<LabelSelector> },
+    Pods {
+        namespace_selector: Option<LabelSelector>,
+        pod_selector: Option<LabelSelector>,
+    },
     IpBlock(IpBlock),
 }
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Peer::Pods { namespace_selector, pod_selector } => {
+            Peer::Pods {
+                namespace_selector,
+                pod_selector,
+            } => {
                 let mut parts = Vec::new();
                 if let Some(ns) = namespace_selector {
                     parts.push(format!("namespaceSelector {ns}"));
