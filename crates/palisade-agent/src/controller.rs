@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade_engine::ClusterState;
+use palisade_engine::ir::PeerCache;
 use palisade_ir::{Dataplane, DataplaneError, NodeRuleset};
 use palisade_model::{Key, Object};
 
@@ -62,7 +63,10 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { quiet: Duration::from_millis(5), max_delay: Duration::from_millis(50) }
+        BatchConfig {
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        }
     }
 }
 
@@ -79,11 +83,17 @@ impl Health {
     }
 
     pub fn source_ok(&self, source: &str) {
-        self.failing_sources.lock().expect("health lock").remove(source);
+        self.failing_sources
+            .lock()
+            .expect("health lock")
+            .remove(source);
     }
 
     pub fn source_failing(&self, source: &str) {
-        self.failing_sources.lock().expect("health lock").insert(source.to_string());
+        self.failing_sources
+            .lock()
+            .expect("health lock")
+            .insert(source.to_string());
     }
 
     /// None when ready.
@@ -103,6 +113,8 @@ impl Health {
 pub struct Controller {
     node: String,
     state: ClusterState,
+    /// Peer sets kept between batches; told of every pod and namespace change.
+    peer_cache: PeerCache,
     dataplane: Box<dyn Dataplane>,
     applied: Option<NodeRuleset>,
     /// The last apply failed: the next one replaces everything.
@@ -114,7 +126,9 @@ pub struct Controller {
 
 impl std::fmt::Debug for Controller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Controller").field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("Controller")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,6 +144,7 @@ impl Controller {
         Controller {
             node,
             state: ClusterState::new(),
+            peer_cache: PeerCache::default(),
             dataplane,
             applied: None,
             retry: false,
@@ -166,7 +181,11 @@ impl Controller {
                 }
                 continue;
             }
-            let wait = if self.retry { RETRY_INTERVAL } else { Duration::from_millis(200) };
+            let wait = if self.retry {
+                RETRY_INTERVAL
+            } else {
+                Duration::from_millis(200)
+            };
             let first = match events.recv_timeout(wait) {
                 Ok(e) => e,
                 Err(RecvTimeoutError::Timeout) => {
@@ -209,8 +228,24 @@ impl Controller {
         Ok(())
     }
 
-    /// Feeds one change into the engine state.
+    /// Feeds one change into the engine state (and tells the peer cache what it touches).
     pub fn apply_change(&mut self, change: Change) {
+        match &change {
+            Change::Apply(Object::Pod(new)) => {
+                let old = self.state.pod(&new.key).cloned();
+                self.peer_cache
+                    .pod_changed(&self.state, old.as_ref(), Some(new));
+            }
+            Change::Delete(Kind::Pod, key) => {
+                let old = self.state.pod(key).cloned();
+                self.peer_cache.pod_changed(&self.state, old.as_ref(), None);
+            }
+            Change::Apply(Object::Namespace(_)) | Change::Delete(Kind::Namespace, _) => {
+                self.peer_cache.namespaces_changed();
+            }
+            Change::Replace(..) => self.peer_cache.clear(),
+            Change::Apply(Object::NetworkPolicy(_)) | Change::Delete(Kind::NetworkPolicy, _) => {}
+        }
         match change {
             Change::Apply(object) => {
                 self.state.apply(object);
@@ -255,8 +290,13 @@ impl Controller {
                 });
             }
             Kind::Pod => {
-                let gone: Vec<Key> =
-                    self.state.pods().iter().map(|p| p.key.clone()).filter(|k| !keep.contains(k)).collect();
+                let gone: Vec<Key> = self
+                    .state
+                    .pods()
+                    .iter()
+                    .map(|p| p.key.clone())
+                    .filter(|k| !keep.contains(k))
+                    .collect();
                 gone.iter().for_each(|k| {
                     self.state.delete_pod(k);
                 });
@@ -282,7 +322,9 @@ impl Controller {
     /// Compiles the node and moves the dataplane there.
     fn sync(&mut self, arrived: &[Instant]) {
         let started = Instant::now();
-        let desired = self.state.compile_node(&self.node);
+        let desired = self
+            .state
+            .compile_node_with(&self.node, &mut self.peer_cache);
         let result = match (&self.applied, self.retry) {
             (Some(current), false) if *current == desired => Ok(None),
             (Some(current), false) => self.dataplane.apply_update(current, &desired).map(Some),
@@ -291,15 +333,21 @@ impl Controller {
         match result {
             Ok(report) => {
                 let done = Instant::now();
-                self.metrics.sync_duration.observe((done - started).as_secs_f64());
+                self.metrics
+                    .sync_duration
+                    .observe((done - started).as_secs_f64());
                 for at in arrived {
-                    self.metrics.event_to_applied.observe((done - *at).as_secs_f64());
+                    self.metrics
+                        .event_to_applied
+                        .observe((done - *at).as_secs_f64());
                 }
                 if let Some(report) = report {
                     let stats = desired.stats();
                     self.metrics.applies.inc();
                     self.metrics.rules.set(stats.rules as i64);
-                    self.metrics.sets.set((stats.peer_sets + stats.port_sets) as i64);
+                    self.metrics
+                        .sets
+                        .set((stats.peer_sets + stats.port_sets) as i64);
                     self.metrics.set_elements.set(stats.set_elements as i64);
                     self.metrics.endpoints.set(stats.endpoints as i64);
                     tracing::info!(
@@ -347,7 +395,10 @@ mod tests {
         }
         fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
             self.record(format!("full {}", desired.endpoints.len()))?;
-            Ok(ApplyReport { full: true, operations: 1 })
+            Ok(ApplyReport {
+                full: true,
+                operations: 1,
+            })
         }
         fn apply_update(
             &mut self,
@@ -355,7 +406,10 @@ mod tests {
             desired: &NodeRuleset,
         ) -> Result<ApplyReport, DataplaneError> {
             self.record(format!("update {}", desired.endpoints.len()))?;
-            Ok(ApplyReport { full: false, operations: 1 })
+            Ok(ApplyReport {
+                full: false,
+                operations: 1,
+            })
         }
         fn remove(&mut self) -> Result<(), DataplaneError> {
             self.record("remove".into())
@@ -378,7 +432,11 @@ mod tests {
     }
 
     fn pod(name: &str, ip: &str, node: &str) -> Object {
-        let mut p = Pod::new("ns", name, Labels::from([("app".to_string(), name.to_string())]));
+        let mut p = Pod::new(
+            "ns",
+            name,
+            Labels::from([("app".to_string(), name.to_string())]),
+        );
         p.ips = vec![ip.parse().unwrap()];
         p.node = Some(node.into());
         Object::Pod(p)
@@ -396,12 +454,28 @@ mod tests {
     }
 
     fn send(tx: &Sender<SourceEvent>, change: Change) {
-        tx.send(SourceEvent { at: Instant::now(), change }).unwrap();
+        tx.send(SourceEvent {
+            at: Instant::now(),
+            change,
+        })
+        .unwrap();
     }
 
     fn initial_lists(tx: &Sender<SourceEvent>) {
-        send(tx, Change::Replace(Kind::Namespace, vec![Object::Namespace(Namespace::new("ns", Labels::new()))]));
-        send(tx, Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1"), pod("b", "10.0.0.2", "n2")]));
+        send(
+            tx,
+            Change::Replace(
+                Kind::Namespace,
+                vec![Object::Namespace(Namespace::new("ns", Labels::new()))],
+            ),
+        );
+        send(
+            tx,
+            Change::Replace(
+                Kind::Pod,
+                vec![pod("a", "10.0.0.1", "n1"), pod("b", "10.0.0.2", "n2")],
+            ),
+        );
         send(tx, Change::Replace(Kind::NetworkPolicy, vec![]));
     }
 
@@ -411,9 +485,19 @@ mod tests {
         rec: &Recorder,
         batch: BatchConfig,
         cleanup: bool,
-    ) -> (Sender<SourceEvent>, Sender<()>, std::thread::JoinHandle<Result<(), DataplaneError>>, Arc<Health>) {
+    ) -> (
+        Sender<SourceEvent>,
+        Sender<()>,
+        std::thread::JoinHandle<Result<(), DataplaneError>>,
+        Arc<Health>,
+    ) {
         let health = Arc::new(Health::default());
-        let c = Controller::new("n1".into(), Box::new(rec.clone()), Arc::new(Metrics::new()), health.clone());
+        let c = Controller::new(
+            "n1".into(),
+            Box::new(rec.clone()),
+            Arc::new(Metrics::new()),
+            health.clone(),
+        );
         let (tx, rx) = channel();
         let (stop_tx, stop_rx) = channel();
         let handle = std::thread::spawn(move || c.run(rx, stop_rx, batch, cleanup));
@@ -433,7 +517,10 @@ mod tests {
     fn nothing_is_applied_before_every_kind_is_listed_then_full_then_updates() {
         let rec = Recorder::default();
         let (tx, stop, handle, health) = start(&rec, BatchConfig::default(), false);
-        send(&tx, Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1")]));
+        send(
+            &tx,
+            Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1")]),
+        );
         std::thread::sleep(Duration::from_millis(100));
         assert!(rec.calls().is_empty(), "applied before the initial lists");
         assert!(health.not_ready_reason().is_some());
@@ -445,21 +532,35 @@ mod tests {
         assert_eq!(wait_calls(&rec, 2), ["full 1", "update 1"]);
         stop.send(()).unwrap();
         handle.join().unwrap().unwrap();
-        assert_eq!(rec.calls(), ["full 1", "update 1"], "rules stay in place on stop");
+        assert_eq!(
+            rec.calls(),
+            ["full 1", "update 1"],
+            "rules stay in place on stop"
+        );
     }
 
     #[test]
     fn events_arriving_together_are_applied_together() {
         let rec = Recorder::default();
-        let batch = BatchConfig { quiet: Duration::from_millis(200), max_delay: Duration::from_secs(2) };
+        let batch = BatchConfig {
+            quiet: Duration::from_millis(200),
+            max_delay: Duration::from_secs(2),
+        };
         let (tx, stop, handle, _) = start(&rec, batch, false);
         initial_lists(&tx);
         for i in 0..20 {
-            send(&tx, Change::Apply(pod(&format!("p{i}"), &format!("10.0.1.{i}"), "n1")));
+            send(
+                &tx,
+                Change::Apply(pod(&format!("p{i}"), &format!("10.0.1.{i}"), "n1")),
+            );
         }
         assert_eq!(wait_calls(&rec, 1), ["full 21"]);
         std::thread::sleep(Duration::from_millis(300));
-        assert_eq!(rec.calls(), ["full 21"], "one transaction for the whole burst");
+        assert_eq!(
+            rec.calls(),
+            ["full 21"],
+            "one transaction for the whole burst"
+        );
         stop.send(()).unwrap();
         handle.join().unwrap().unwrap();
     }
@@ -481,12 +582,26 @@ mod tests {
     #[test]
     fn a_relist_removes_what_disappeared() {
         let health = Arc::new(Health::default());
-        let mut c = Controller::new("n1".into(), Box::new(Recorder::default()), Arc::new(Metrics::new()), health);
-        c.apply_change(Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1"), pod("b", "10.0.0.2", "n1")]));
+        let mut c = Controller::new(
+            "n1".into(),
+            Box::new(Recorder::default()),
+            Arc::new(Metrics::new()),
+            health,
+        );
+        c.apply_change(Change::Replace(
+            Kind::Pod,
+            vec![pod("a", "10.0.0.1", "n1"), pod("b", "10.0.0.2", "n1")],
+        ));
         c.apply_change(Change::Replace(Kind::NetworkPolicy, vec![deny_all()]));
-        c.apply_change(Change::Replace(Kind::Namespace, vec![Object::Namespace(Namespace::new("ns", Labels::new()))]));
+        c.apply_change(Change::Replace(
+            Kind::Namespace,
+            vec![Object::Namespace(Namespace::new("ns", Labels::new()))],
+        ));
         // After a 410 Gone the watcher re-lists: b and the policy are gone, c is new.
-        c.apply_change(Change::Replace(Kind::Pod, vec![pod("a", "10.0.0.1", "n1"), pod("c", "10.0.0.3", "n1")]));
+        c.apply_change(Change::Replace(
+            Kind::Pod,
+            vec![pod("a", "10.0.0.1", "n1"), pod("c", "10.0.0.3", "n1")],
+        ));
         c.apply_change(Change::Replace(Kind::NetworkPolicy, vec![]));
         c.apply_change(Change::Replace(Kind::Namespace, vec![]));
         let pods: Vec<String> = c.state().pods().iter().map(|p| p.key.to_string()).collect();

@@ -54,7 +54,11 @@ fn pair_families(a: &Pod, b: &Pod) -> Vec<Option<IpFamily>> {
         return vec![None];
     }
     let has = |p: &Pod, f: IpFamily| p.ips.is_empty() || p.ip(f).is_some();
-    [IpFamily::V4, IpFamily::V6].into_iter().filter(|f| has(a, *f) && has(b, *f)).map(Some).collect()
+    [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .filter(|f| has(a, *f) && has(b, *f))
+        .map(Some)
+        .collect()
 }
 
 #[derive(Debug)]

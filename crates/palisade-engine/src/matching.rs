@@ -16,6 +16,9 @@ pub enum PeerView<'a> {
     Pod { pod: &'a Pod, namespace_labels: &'a Labels, family: Option<IpFamily> },
     /// An address outside the pod network (or a hostNetwork pod, which is its node's IP).
     Ip(IpAddr),
+    /// A hostNetwork pod with no address of the flow's family: selectors never see it
+    /// (§11) and no ipBlock holds it, so only rules without peers match it.
+    Unaddressed,
 }
 
 impl PeerView<'_> {
@@ -27,13 +30,14 @@ impl PeerView<'_> {
                 None => pod.ips.first().copied(),
             },
             PeerView::Ip(ip) => Some(*ip),
+            PeerView::Unaddressed => None,
         }
     }
 
     pub fn pod(&self) -> Option<&Pod> {
         match self {
             PeerView::Pod { pod, .. } => Some(pod),
-            PeerView::Ip(_) => None,
+            PeerView::Ip(_) | PeerView::Unaddressed => None,
         }
     }
 }
@@ -53,7 +57,7 @@ pub fn peer_matches(policy_namespace: &str, peer: &Peer, view: &PeerView<'_>) ->
                     &pod.labels,
                 )
             }
-            PeerView::Ip(_) => false,
+            PeerView::Ip(_) | PeerView::Unaddressed => false,
         },
         // §6: ipBlock matches pod IPs as well as external IPs.
         Peer::IpBlock(block) => view.ip().is_some_and(|ip| block.contains(&ip)),

@@ -2,7 +2,7 @@
 //! change cost only what it affects (policy -> selected pods, pod -> selecting policies).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use palisade_model::{Key, Labels, Namespace, NetworkPolicy, Object, Pod};
@@ -19,8 +19,9 @@ pub enum Change {
 #[derive(Debug, Default, Clone)]
 pub struct ClusterState {
     namespaces: HashMap<String, Labels>,
-    pods: HashMap<Key, Pod>,
-    pods_by_namespace: HashMap<String, BTreeSet<String>>,
+    /// namespace -> name -> pod: a namespace's pods without a lookup per pod.
+    pods: HashMap<String, BTreeMap<String, Pod>>,
+    pod_count: usize,
     policies: HashMap<Key, NetworkPolicy>,
     policies_by_namespace: HashMap<String, BTreeSet<String>>,
     /// pod -> policies of its namespace whose podSelector matches it (§1).
@@ -88,7 +89,7 @@ impl ClusterState {
     pub fn namespace_names(&self) -> BTreeSet<&str> {
         self.namespaces
             .keys()
-            .chain(self.pods_by_namespace.keys())
+            .chain(self.pods.keys())
             .chain(self.policies_by_namespace.keys())
             .map(String::as_str)
             .collect()
@@ -102,17 +103,19 @@ impl ClusterState {
         if pod.phase.is_terminal() {
             return self.delete_pod(&pod.key);
         }
-        if self.pods.get(&pod.key) == Some(&pod) {
+        if self.pod(&pod.key) == Some(&pod) {
             return Change::Unchanged;
         }
         let key = pod.key.clone();
         self.unindex_pod(&key);
         // §10: an address now held by this pod was released by its previous holder (a pod
         // whose delete has not arrived yet); that pod must not keep matching it.
-        for ip in &pod.ips {
+        // hostNetwork pods own no address: they all carry their node's (§11).
+        for ip in pod.ips.iter().filter(|_| !pod.host_network) {
             if let Some(previous) = self.ip_owner.insert(*ip, key.clone())
                 && previous != key
-                && let Some(stale) = self.pods.get_mut(&previous)
+                && let Some(stale) =
+                    self.pods.get_mut(&previous.namespace).and_then(|m| m.get_mut(&previous.name))
             {
                 stale.ips.retain(|a| a != ip);
             }
@@ -126,8 +129,8 @@ impl ClusterState {
             }
         }
         self.selecting.insert(key.clone(), selecting);
-        self.pods_by_namespace.entry(key.namespace.clone()).or_default().insert(key.name.clone());
-        self.pods.insert(key, pod);
+        self.pods.entry(key.namespace).or_default().insert(key.name, pod);
+        self.pod_count += 1;
         Change::Changed
     }
 
@@ -136,9 +139,16 @@ impl ClusterState {
     }
 
     fn unindex_pod(&mut self, key: &Key) -> bool {
-        let Some(pod) = self.pods.remove(key) else {
+        let Some(namespace) = self.pods.get_mut(&key.namespace) else {
             return false;
         };
+        let Some(pod) = namespace.remove(&key.name) else {
+            return false;
+        };
+        if namespace.is_empty() {
+            self.pods.remove(&key.namespace);
+        }
+        self.pod_count -= 1;
         for ip in &pod.ips {
             if self.ip_owner.get(ip) == Some(key) {
                 self.ip_owner.remove(ip);
@@ -149,32 +159,36 @@ impl ClusterState {
                 pods.remove(key);
             }
         }
-        remove_from_group(&mut self.pods_by_namespace, &key.namespace, &key.name);
         true
     }
 
     pub fn pod(&self, key: &Key) -> Option<&Pod> {
-        self.pods.get(key)
+        self.pods.get(&key.namespace).and_then(|m| m.get(&key.name))
     }
 
     /// Pods sorted by key.
     pub fn pods(&self) -> Vec<&Pod> {
-        let mut pods: Vec<&Pod> = self.pods.values().collect();
+        let mut pods: Vec<&Pod> = self.pods_unordered().collect();
         pods.sort_by(|a, b| a.key.cmp(&b.key));
         pods
     }
 
+    /// The pod holding an address, if any.
+    pub fn ip_owner(&self, ip: &IpAddr) -> Option<&Key> {
+        self.ip_owner.get(ip)
+    }
+
+    /// Pods in no particular order (cheaper than [`Self::pods`] when order is irrelevant).
+    pub fn pods_unordered(&self) -> impl Iterator<Item = &Pod> + '_ {
+        self.pods.values().flat_map(BTreeMap::values)
+    }
+
     pub fn pod_count(&self) -> usize {
-        self.pods.len()
+        self.pod_count
     }
 
     pub fn pods_in_namespace(&self, namespace: &str) -> impl Iterator<Item = &Pod> + '_ {
-        let ns = namespace.to_string();
-        self.pods_by_namespace
-            .get(namespace)
-            .into_iter()
-            .flatten()
-            .map(move |name| &self.pods[&Key::new(ns.clone(), name.clone())])
+        self.pods.get(namespace).into_iter().flat_map(BTreeMap::values)
     }
 
     // ---- policies ----
@@ -242,7 +256,7 @@ impl ClusterState {
 
     /// Pods a policy selects, sorted by key.
     pub fn pods_selected_by(&self, policy: &Key) -> impl Iterator<Item = &Pod> + '_ {
-        self.selected.get(policy).into_iter().flatten().map(|k| &self.pods[k])
+        self.selected.get(policy).into_iter().flatten().filter_map(|k| self.pod(k))
     }
 }
 

@@ -160,10 +160,11 @@ impl ClusterState {
         namespace_labels: &'a Labels,
     ) -> PeerView<'a> {
         match r {
-            // §11: a hostNetwork pod is its node's IP; selectors never match it.
+            // §11: a hostNetwork pod is its node's IP; selectors never match it, not even
+            // when it has no address of this family (nor do its named ports resolve).
             Resolved::Pod(p) if p.host_network => match p.ip(family) {
                 Some(ip) => PeerView::Ip(ip),
-                None => PeerView::Pod { pod: p, namespace_labels, family: Some(family) },
+                None => PeerView::Unaddressed,
             },
             Resolved::Pod(p) => PeerView::Pod { pod: p, namespace_labels, family: Some(family) },
             Resolved::Ip(ip) => PeerView::Ip(ip),
@@ -221,7 +222,7 @@ impl ClusterState {
         let dst_view = self.peer_view(dst, family, &dst_ns);
         let dst_pod = match dst_view {
             PeerView::Pod { pod, .. } => Some(pod),
-            PeerView::Ip(_) => None,
+            PeerView::Ip(_) | PeerView::Unaddressed => None,
         };
         let egress = self.side(src, Direction::Egress, &dst_view, dst_pod, flow);
         let ingress = self.side(dst, Direction::Ingress, &src_view, dst_pod, flow);
