@@ -36,7 +36,10 @@ pub enum AgentError {
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("http server on {addr}: {source}")]
-    Http { addr: SocketAddr, source: std::io::Error },
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("controller stopped unexpectedly: {0}")]
     Controller(String),
     #[error("dataplane: {0}")]
@@ -100,11 +103,20 @@ pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(
             .await
             .map_err(|source| AgentError::Http { addr, source })?;
         tracing::info!(%addr, "serving /healthz /readyz /metrics");
-        tasks.push(tokio::spawn(http::serve(listener, metrics.clone(), health.clone())));
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            metrics.clone(),
+            health.clone(),
+        )));
     }
 
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    let controller = Controller::new(config.node.clone(), dataplane, metrics.clone(), health.clone());
+    let controller = Controller::new(
+        config.node.clone(),
+        dataplane,
+        metrics.clone(),
+        health.clone(),
+    );
     let batch = config.batch;
     let cleanup = config.cleanup_on_exit;
     let controller_thread = std::thread::Builder::new()

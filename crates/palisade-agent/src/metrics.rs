@@ -60,8 +60,16 @@ impl Metrics {
             "Compile and apply time of one batch",
             m.sync_duration.clone(),
         );
-        registry.register("ruleset_rules", "Allow rules in the applied ruleset", m.rules.clone());
-        registry.register("ruleset_sets", "Peer and port sets in the applied ruleset", m.sets.clone());
+        registry.register(
+            "ruleset_rules",
+            "Allow rules in the applied ruleset",
+            m.rules.clone(),
+        );
+        registry.register(
+            "ruleset_sets",
+            "Peer and port sets in the applied ruleset",
+            m.sets.clone(),
+        );
         registry.register(
             "ruleset_set_elements",
             "Elements of the sets in the applied ruleset",
@@ -73,7 +81,11 @@ impl Metrics {
             "Watch errors followed by a retry (re-list), by kind",
             m.watch_restarts.clone(),
         );
-        registry.register("apply_errors", "Failed dataplane applies", m.apply_errors.clone());
+        registry.register(
+            "apply_errors",
+            "Failed dataplane applies",
+            m.apply_errors.clone(),
+        );
         registry.register(
             "invalid_objects",
             "Objects rejected by validation (the last valid version is kept)",
@@ -84,7 +96,9 @@ impl Metrics {
     }
 
     pub fn watch_restart(&self, kind: &str) {
-        self.watch_restarts.get_or_create(&vec![("kind".to_string(), kind.to_string())]).inc();
+        self.watch_restarts
+            .get_or_create(&vec![("kind".to_string(), kind.to_string())])
+            .inc();
     }
 
     /// The text exposition format.

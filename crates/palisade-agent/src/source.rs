@@ -11,8 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
-use kube::runtime::watcher::{self, Event, ExponentialBackoff};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use palisade_model::error::InvalidObject;
 use palisade_model::{Key, Object, convert};
@@ -39,20 +38,33 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, AgentError
                 .await
                 .map_err(|e| AgentError::Kubeconfig(format!("{}: {e}", path.display())))?
         }
-        None => kube::Config::infer().await.map_err(|e| AgentError::Kubeconfig(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| AgentError::Kubeconfig(e.to_string()))?,
     };
     Ok(Client::try_from(config)?)
 }
 
 /// Converting a watched object into the model, by kind.
-trait Watched: Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static {
+trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
     const KIND: Kind;
     fn convert(&self) -> Result<Object, InvalidObject>;
     fn key(&self) -> Key;
 }
 
 fn meta_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
-    Key::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    Key::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
 }
 
 impl Watched for core::Namespace {
@@ -85,16 +97,27 @@ impl Watched for net::NetworkPolicy {
     }
 }
 
-fn backoff(max: Duration) -> ExponentialBackoff {
+fn backoff(max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(max)
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
-        .into()
+        .build()
 }
 
+/// One kind's source: list, then watch; after any error, wait (exponential backoff, reset
+/// by a successful list) and start over with a fresh list.
+///
+/// Why a fresh list rather than kube-rs resuming the watch from its last resource version:
+/// readiness. A resumed watch produces no event until the kind changes, so nothing could
+/// tell the source is healthy again: an agent whose connection dropped for a second stayed
+/// not ready for as long as nobody touched, say, a namespace. A list ends in `InitDone`,
+/// which says the API is reachable and the state is whole. Lists are served from the API
+/// server's watch cache, and only errors (not the server's routine watch timeouts) cause
+/// one.
 fn spawn_watch<K: Watched>(
     client: Client,
     tx: Sender<SourceEvent>,
@@ -105,10 +128,6 @@ fn spawn_watch<K: Watched>(
     tokio::spawn(async move {
         let api: Api<K> = Api::all(client);
         let name = format!("watch/{}", K::KIND.as_str());
-        let mut stream = watcher::watcher(api, watcher::Config::default())
-            .backoff(backoff(max_backoff))
-            .boxed();
-        let mut buffer: Vec<Object> = Vec::new();
         let convert = |o: &K| match o.convert() {
             Ok(object) => Some(object),
             Err(e) => {
@@ -117,42 +136,50 @@ fn spawn_watch<K: Watched>(
                 None
             }
         };
-        while let Some(item) = stream.next().await {
-            let at = Instant::now();
-            let change = match item {
-                Err(e) => {
-                    metrics.watch_restart(K::KIND.as_str());
-                    health.source_failing(&name);
-                    tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; re-listing with backoff");
-                    continue;
-                }
-                Ok(Event::Init) => {
-                    buffer.clear();
-                    continue;
-                }
-                Ok(Event::InitApply(o)) => {
-                    buffer.extend(convert(&o));
-                    continue;
-                }
-                Ok(Event::InitDone) => {
-                    health.source_ok(&name);
-                    Change::Replace(K::KIND, std::mem::take(&mut buffer))
-                }
-                Ok(Event::Apply(o)) => {
-                    health.source_ok(&name);
-                    match convert(&o) {
-                        Some(object) => Change::Apply(object),
-                        None => continue,
+        let mut delays = backoff(max_backoff);
+        loop {
+            let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+            let mut buffer: Vec<Object> = Vec::new();
+            while let Some(item) = stream.next().await {
+                let at = Instant::now();
+                let change = match item {
+                    Err(e) => {
+                        metrics.watch_restart(K::KIND.as_str());
+                        health.source_failing(&name);
+                        tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; re-listing with backoff");
+                        break;
                     }
+                    Ok(Event::Init) => {
+                        buffer.clear();
+                        continue;
+                    }
+                    Ok(Event::InitApply(o)) => {
+                        buffer.extend(convert(&o));
+                        continue;
+                    }
+                    Ok(Event::InitDone) => {
+                        health.source_ok(&name);
+                        delays = backoff(max_backoff);
+                        Change::Replace(K::KIND, std::mem::take(&mut buffer))
+                    }
+                    Ok(Event::Apply(o)) => {
+                        health.source_ok(&name);
+                        match convert(&o) {
+                            Some(object) => Change::Apply(object),
+                            None => continue,
+                        }
+                    }
+                    Ok(Event::Delete(o)) => {
+                        health.source_ok(&name);
+                        Change::Delete(K::KIND, o.key())
+                    }
+                };
+                if tx.send(SourceEvent { at, change }).is_err() {
+                    return; // the controller is gone
                 }
-                Ok(Event::Delete(o)) => {
-                    health.source_ok(&name);
-                    Change::Delete(K::KIND, o.key())
-                }
-            };
-            if tx.send(SourceEvent { at, change }).is_err() {
-                return; // the controller is gone
             }
+            // An error (or, never expected, the end of the stream): start over after a pause.
+            tokio::time::sleep(delays.next().unwrap_or(max_backoff)).await;
         }
     })
 }
@@ -166,8 +193,20 @@ pub fn spawn_kube_watchers(
     max_backoff: Duration,
 ) -> Vec<JoinHandle<()>> {
     vec![
-        spawn_watch::<core::Namespace>(client.clone(), tx.clone(), metrics.clone(), health.clone(), max_backoff),
-        spawn_watch::<core::Pod>(client.clone(), tx.clone(), metrics.clone(), health.clone(), max_backoff),
+        spawn_watch::<core::Namespace>(
+            client.clone(),
+            tx.clone(),
+            metrics.clone(),
+            health.clone(),
+            max_backoff,
+        ),
+        spawn_watch::<core::Pod>(
+            client.clone(),
+            tx.clone(),
+            metrics.clone(),
+            health.clone(),
+            max_backoff,
+        ),
         spawn_watch::<net::NetworkPolicy>(client, tx, metrics, health, max_backoff),
     ]
 }
@@ -224,7 +263,13 @@ pub fn spawn_manifests_watcher(
                             by_kind[i].push(o);
                         }
                         for (kind, objects) in Kind::ALL.into_iter().zip(by_kind) {
-                            if tx.send(SourceEvent { at, change: Change::Replace(kind, objects) }).is_err() {
+                            if tx
+                                .send(SourceEvent {
+                                    at,
+                                    change: Change::Replace(kind, objects),
+                                })
+                                .is_err()
+                            {
                                 return;
                             }
                         }

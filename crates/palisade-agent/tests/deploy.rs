@@ -39,7 +39,10 @@ fn documents() -> Vec<(String, Value)> {
 fn strict<T: DeserializeOwned + Serialize>(file: &str, v: &Value) -> T {
     let typed: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
     let back = serde_json::to_value(&typed).unwrap();
-    assert_eq!(&back, v, "{file}: fields lost or changed in a round trip through the type");
+    assert_eq!(
+        &back, v,
+        "{file}: fields lost or changed in a round trip through the type"
+    );
     typed
 }
 
@@ -62,7 +65,13 @@ fn every_manifest_parses_as_its_type() {
     kinds.sort();
     assert_eq!(
         kinds,
-        ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "ServiceAccount"]
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Namespace",
+            "ServiceAccount"
+        ]
     );
 }
 
@@ -79,9 +88,11 @@ fn rbac_grants_exactly_what_the_agent_watches() {
     for (group, resource, verbs) in REQUIRED_ACCESS {
         for verb in verbs {
             assert!(
-                rules.iter().any(|r| r.api_groups.iter().flatten().any(|g| g == group)
-                    && r.resources.iter().flatten().any(|x| x == resource)
-                    && r.verbs.iter().any(|v| v == verb)),
+                rules
+                    .iter()
+                    .any(|r| r.api_groups.iter().flatten().any(|g| g == group)
+                        && r.resources.iter().flatten().any(|x| x == resource)
+                        && r.verbs.iter().any(|v| v == verb)),
                 "ClusterRole lacks {verb} on {group}/{resource}"
             );
         }
@@ -92,7 +103,9 @@ fn rbac_grants_exactly_what_the_agent_watches() {
             for resource in r.resources.iter().flatten() {
                 for verb in &r.verbs {
                     assert!(
-                        REQUIRED_ACCESS.iter().any(|(g, res, vs)| g == group && res == resource && vs.contains(&verb.as_str())),
+                        REQUIRED_ACCESS.iter().any(|(g, res, vs)| g == group
+                            && res == resource
+                            && vs.contains(&verb.as_str())),
                         "ClusterRole grants {verb} on {group}/{resource}, which the agent does not need"
                     );
                 }
@@ -119,7 +132,13 @@ fn daemonset_runs_the_agent_unprivileged_with_probes() {
     assert!(args.contains(&"--node=$(NODE_NAME)".to_string()));
     let env = c.env.clone().unwrap();
     let node = env.iter().find(|e| e.name == "NODE_NAME").unwrap();
-    let field = node.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+    let field = node
+        .value_from
+        .as_ref()
+        .unwrap()
+        .field_ref
+        .as_ref()
+        .unwrap();
     assert_eq!(field.field_path, "spec.nodeName");
     let sc = c.security_context.clone().unwrap();
     assert_ne!(sc.privileged, Some(true));

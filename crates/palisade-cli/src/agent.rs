@@ -63,14 +63,21 @@ pub struct AgentArgs {
 pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
     let source = match &args.manifests {
-        Some(dir) => SourceConfig::Manifests { dir: dir.clone(), poll: Duration::from_millis(args.poll_ms) },
-        None => SourceConfig::Kubernetes { kubeconfig: args.kubeconfig.clone() },
+        Some(dir) => SourceConfig::Manifests {
+            dir: dir.clone(),
+            poll: Duration::from_millis(args.poll_ms),
+        },
+        None => SourceConfig::Kubernetes {
+            kubeconfig: args.kubeconfig.clone(),
+        },
     };
     let config = AgentConfig {
         node: args.node.clone(),
@@ -84,7 +91,10 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         max_backoff: Duration::from_millis(args.max_backoff_ms),
     };
     let dataplane = make_dataplane(args.backend, args.netns.as_deref(), &args.table);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(palisade_agent::run(config, dataplane))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -44,7 +44,10 @@ impl std::str::FromStr for PortArg {
             .ok()
             .filter(|p| *p > 0)
             .ok_or_else(|| format!("invalid port {port:?} in {s:?} (expected 1-65535)"))?;
-        Ok(PortArg { port, protocol: protocol.parse()? })
+        Ok(PortArg {
+            port,
+            protocol: protocol.parse()?,
+        })
     }
 }
 
@@ -129,7 +132,10 @@ fn load_state(paths: &[PathBuf]) -> anyhow::Result<(ClusterState, Loaded)> {
         for e in &loaded.errors {
             eprintln!("error: {e}");
         }
-        bail!("{} invalid input(s); run `palisade validate` for details", loaded.errors.len());
+        bail!(
+            "{} invalid input(s); run `palisade validate` for details",
+            loaded.errors.len()
+        );
     }
     let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
     Ok((state, loaded))
@@ -150,19 +156,35 @@ pub fn validate(args: &InputArgs) -> anyhow::Result<ExitCode> {
         for e in &errors {
             println!("error: {e}");
         }
-        println!("{} valid object(s), {} error(s)", loaded.objects.len(), errors.len());
+        println!(
+            "{} valid object(s), {} error(s)",
+            loaded.objects.len(),
+            errors.len()
+        );
     }
-    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn default_ports(state: &ClusterState) -> Vec<PortArg> {
     let ports: BTreeSet<PortArg> = state
         .pods()
         .iter()
-        .flat_map(|p| p.ports.iter().map(|c| PortArg { port: c.port, protocol: c.protocol }))
+        .flat_map(|p| {
+            p.ports.iter().map(|c| PortArg {
+                port: c.port,
+                protocol: c.protocol,
+            })
+        })
         .collect();
     if ports.is_empty() {
-        vec![PortArg { port: 80, protocol: Protocol::Tcp }]
+        vec![PortArg {
+            port: 80,
+            protocol: Protocol::Tcp,
+        }]
     } else {
         ports.into_iter().collect()
     }
@@ -178,7 +200,11 @@ struct MatrixOut {
 
 pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
     let (state, _) = load_state(&args.input.paths)?;
-    let ports = if args.ports.is_empty() { default_ports(&state) } else { args.ports.clone() };
+    let ports = if args.ports.is_empty() {
+        default_ports(&state)
+    } else {
+        args.ports.clone()
+    };
     let pods: Vec<Key> = state.pods().iter().map(|p| p.key.clone()).collect();
     let mut out = Vec::new();
     for port in &ports {
@@ -219,7 +245,11 @@ pub fn render_matrix(title: &str, pods: &[String], allowed: &[Vec<bool>]) -> Str
     let mut rows = Vec::new();
     for (i, src) in pods.iter().enumerate() {
         let mut row = vec![src.clone()];
-        row.extend(allowed[i].iter().map(|a| if *a { "." } else { "X" }.to_string()));
+        row.extend(
+            allowed[i]
+                .iter()
+                .map(|a| if *a { "." } else { "X" }.to_string()),
+        );
         rows.push(row);
     }
     let mut header = vec![title];
@@ -233,7 +263,10 @@ fn side_json(side: &SideVerdict) -> Value {
         SideVerdict::External => json!({"verdict": "allowed", "reason": "external"}),
         SideVerdict::HostNetwork => json!({"verdict": "allowed", "reason": "host-network"}),
         SideVerdict::NotIsolated => json!({"verdict": "allowed", "reason": "not-isolated"}),
-        SideVerdict::Allowed { isolated_by, allowed_by } => json!({
+        SideVerdict::Allowed {
+            isolated_by,
+            allowed_by,
+        } => json!({
             "verdict": "allowed",
             "reason": "rule",
             "isolatedBy": keys(isolated_by),
@@ -270,7 +303,11 @@ pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     if !structured(args.input.output, &value)? {
         print!("{e}");
     }
-    Ok(if e.allowed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if e.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// The connlist JSON contract (README): `allowed` is "all" or a list of ranges.
@@ -284,7 +321,9 @@ pub fn connections_json(conns: &[Connection]) -> Value {
                 Value::Array(
                     c.allowed
                         .iter()
-                        .map(|(p, from, to)| json!({"protocol": p.as_str(), "from": from, "to": to}))
+                        .map(
+                            |(p, from, to)| json!({"protocol": p.as_str(), "from": from, "to": to}),
+                        )
                         .collect(),
                 )
             };
@@ -332,7 +371,11 @@ pub fn lint(args: &LintArgs) -> anyhow::Result<ExitCode> {
         }
         println!("{} error(s), {} finding(s)", errors.len(), findings.len());
     }
-    Ok(if errors.is_empty() && findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors.is_empty() && findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn conformance(args: &ConformanceArgs) -> anyhow::Result<ExitCode> {
@@ -370,5 +413,9 @@ pub fn conformance(args: &ConformanceArgs) -> anyhow::Result<ExitCode> {
         total.errors.extend(report.errors);
     }
     println!("{}", total.summary(false));
-    Ok(if total.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if total.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -33,7 +33,9 @@ pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box
                 Some(ns) => SystemNft::in_netns(ns),
                 None => SystemNft::new(),
             };
-            let config = palisade_nft::Config { table: table.to_string() };
+            let config = palisade_nft::Config {
+                table: table.to_string(),
+            };
             Box::new(NftDataplane::new(exec, config))
         }
     }
@@ -80,14 +82,20 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     match args.backend {
         Backend::Nft if args.dry_run => {
-            let config = palisade_nft::Config { table: args.table.clone() };
+            let config = palisade_nft::Config {
+                table: args.table.clone(),
+            };
             palisade_nft::validate(&ruleset, &config)?;
             print!("{}", palisade_nft::render_full(&ruleset, &config));
         }
         backend => {
             let mut dp = make_dataplane(backend, args.netns.as_deref(), &args.table);
             let report = dp.apply_full(&ruleset)?;
-            println!("applied ({} operations) {}", report.operations, summary(&ruleset));
+            println!(
+                "applied ({} operations) {}",
+                report.operations,
+                summary(&ruleset)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -103,7 +111,9 @@ fn checked_state(loaded: &Loaded) -> anyhow::Result<ClusterState> {
         }
         bail!("{} invalid input(s); nothing applied", loaded.errors.len());
     }
-    Ok(ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o)))
+    Ok(ClusterState::from_objects(
+        loaded.objects.iter().map(|(_, o)| o),
+    ))
 }
 
 #[derive(Debug, Args)]
@@ -139,14 +149,19 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
         ..LabSpec::default()
     };
     let lab = Lab::create(spec)?;
-    let families = args.family.map_or(vec![IpFamily::V4, IpFamily::V6], |f| vec![f]);
+    let families = args
+        .family
+        .map_or(vec![IpFamily::V4, IpFamily::V6], |f| vec![f]);
     let mut total = palisade_conformance::Report::default();
     for family in &families {
-        let enforcer = Enforcer::new(&lab, |i| make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade"));
+        let enforcer = Enforcer::new(&lab, |i| {
+            make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade")
+        });
         let nodes = enforcer.node_of_pods(&file.pods);
         let addresses = enforcer.addresses(&file.pods, *family);
         let mut prober = LabProber::new(enforcer, Duration::from_millis(args.timeout_ms));
-        let report = palisade_conformance::run(&file, *family, &addresses, &nodes, &args.only, &mut prober);
+        let report =
+            palisade_conformance::run(&file, *family, &addresses, &nodes, &args.only, &mut prober);
         prober.enforcer.remove()?;
         for f in &report.failures {
             println!("FAIL {family}: {f}");
@@ -167,7 +182,11 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
     }
     lab.destroy()?;
     println!("{}", total.summary(true));
-    Ok(if total.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if total.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn lab_down() -> anyhow::Result<ExitCode> {
@@ -178,8 +197,14 @@ pub fn lab_down() -> anyhow::Result<ExitCode> {
 
 /// The demo's bundled story, embedded so the demo runs from anywhere.
 const DEMO_FILES: [(&str, &str); 3] = [
-    ("examples/demo/00-cluster.yaml", include_str!("../../../examples/demo/00-cluster.yaml")),
-    ("examples/demo/01-allow-nginx.yaml", include_str!("../../../examples/demo/01-allow-nginx.yaml")),
+    (
+        "examples/demo/00-cluster.yaml",
+        include_str!("../../../examples/demo/00-cluster.yaml"),
+    ),
+    (
+        "examples/demo/01-allow-nginx.yaml",
+        include_str!("../../../examples/demo/01-allow-nginx.yaml"),
+    ),
     (
         "examples/demo/02-allow-frontend-to-backend.yaml",
         include_str!("../../../examples/demo/02-allow-frontend-to-backend.yaml"),
@@ -205,13 +230,20 @@ pub struct DemoArgs {
 fn demo_files(args: &DemoArgs) -> anyhow::Result<Vec<(String, Vec<Object>)>> {
     let mut texts: Vec<(String, String)> = Vec::new();
     match &args.dir {
-        None => texts.extend(DEMO_FILES.iter().map(|(n, t)| (n.to_string(), t.to_string()))),
+        None => texts.extend(
+            DEMO_FILES
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string())),
+        ),
         Some(dir) => {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading {}", dir.display()))?
                 .map(|e| e.map(|e| e.path()))
                 .collect::<Result<_, _>>()?;
-            files.retain(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json"));
+            files.retain(|f| {
+                f.extension()
+                    .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            });
             files.sort();
             for f in files {
                 texts.push((f.display().to_string(), std::fs::read_to_string(&f)?));
@@ -233,7 +265,12 @@ fn demo_files(args: &DemoArgs) -> anyhow::Result<Vec<(String, Vec<Object>)>> {
     Ok(out)
 }
 
-fn predicted(state: &ClusterState, pods: &[Key], port: PortArg, family: IpFamily) -> anyhow::Result<Vec<Vec<bool>>> {
+fn predicted(
+    state: &ClusterState,
+    pods: &[Key],
+    port: PortArg,
+    family: IpFamily,
+) -> anyhow::Result<Vec<Vec<bool>>> {
     let mut rows = Vec::new();
     for src in pods {
         let mut row = Vec::new();
@@ -255,7 +292,12 @@ fn predicted(state: &ClusterState, pods: &[Key], port: PortArg, family: IpFamily
 }
 
 /// Two matrices side by side: what the packets did, what the engine predicted.
-fn side_by_side(title: &str, pods: &[Key], measured: &[Vec<bool>], predicted: &[Vec<bool>]) -> String {
+fn side_by_side(
+    title: &str,
+    pods: &[Key],
+    measured: &[Vec<bool>],
+    predicted: &[Vec<bool>],
+) -> String {
     let names: Vec<String> = pods.iter().map(ToString::to_string).collect();
     let left = render_matrix(&format!("measured {title}"), &names, measured);
     let right = render_matrix(&format!("predicted {title}"), &names, predicted);
@@ -268,15 +310,18 @@ fn side_by_side(title: &str, pods: &[Key], measured: &[Vec<bool>], predicted: &[
 
 pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = palisade_lab::check_prerequisites() {
-        bail!("{e}\nThe demo builds a small cluster of network namespaces and enforces with nftables: run it as root on Linux with iproute2 and nftables installed (scripts/demo.sh installs them).");
+        bail!(
+            "{e}\nThe demo builds a small cluster of network namespaces and enforces with nftables: run it as root on Linux with iproute2 and nftables installed (scripts/demo.sh installs them)."
+        );
     }
     palisade_lab::install_signal_cleanup()?;
     let files = demo_files(args)?;
     let mut state = ClusterState::new();
     let mut steps: Vec<(String, Vec<Object>)> = Vec::new();
     for (name, objects) in files {
-        let (policies, rest): (Vec<Object>, Vec<Object>) =
-            objects.into_iter().partition(|o| matches!(o, Object::NetworkPolicy(_)));
+        let (policies, rest): (Vec<Object>, Vec<Object>) = objects
+            .into_iter()
+            .partition(|o| matches!(o, Object::NetworkPolicy(_)));
         for o in rest {
             state.apply(o);
         }
@@ -284,24 +329,43 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             steps.push((name, policies));
         }
     }
-    let pods: Vec<Key> = state.pods().iter().filter(|p| !p.host_network).map(|p| p.key.clone()).collect();
+    let pods: Vec<Key> = state
+        .pods()
+        .iter()
+        .filter(|p| !p.host_network)
+        .map(|p| p.key.clone())
+        .collect();
     if pods.is_empty() {
         bail!("the demo input declares no pods");
     }
     let ports: BTreeMap<Key, Vec<(u16, Protocol)>> = state
         .pods()
         .iter()
-        .map(|p| (p.key.clone(), p.ports.iter().map(|c| (c.port, c.protocol)).collect()))
+        .map(|p| {
+            (
+                p.key.clone(),
+                p.ports.iter().map(|c| (c.port, c.protocol)).collect(),
+            )
+        })
         .collect();
     let spec = LabSpec {
-        pods: pods.iter().map(|k| LabPod::new(k.clone()).with_ports(ports[k].clone())).collect(),
+        pods: pods
+            .iter()
+            .map(|k| LabPod::new(k.clone()).with_ports(ports[k].clone()))
+            .collect(),
         ..LabSpec::default()
     };
-    println!("Building the lab: {} pods on 2 nodes (network namespaces, routed like a real node)...", pods.len());
+    println!(
+        "Building the lab: {} pods on 2 nodes (network namespaces, routed like a real node)...",
+        pods.len()
+    );
     let lab = Lab::create(spec)?;
     for k in &pods {
         lab.serve(k, &ports[k])?;
-        let node = lab.pod_node(k).map(|n| lab.node_names()[n].clone()).unwrap_or_default();
+        let node = lab
+            .pod_node(k)
+            .map(|n| lab.node_names()[n].clone())
+            .unwrap_or_default();
         let ips: Vec<String> = lab.pod_ips(k).iter().map(ToString::to_string).collect();
         println!("  {:<24} {node:<8} {}", k.to_string(), ips.join(", "));
     }
@@ -312,29 +376,67 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         pod.node = lab.pod_node(k).map(|n| lab.node_names()[n].clone());
         state.upsert_pod(pod);
     }
-    let mut enforcer = Enforcer::new(&lab, |i| make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade"));
+    let mut enforcer = Enforcer::new(&lab, |i| {
+        make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade")
+    });
     let timeout = Duration::from_millis(800);
     let mut all_match = true;
-    let mut show = |title: &str, state: &ClusterState, enforcer: &mut Enforcer<'_>| -> anyhow::Result<()> {
-        let rulesets = enforcer.enforce(state)?;
-        let measured: Vec<Vec<bool>> = enforcer
-            .measure(&pods, args.family, args.port.port, args.port.protocol, timeout)
-            .map_err(anyhow::Error::msg)?
-            .into_iter()
-            .map(|row| row.into_iter().map(|o| o == palisade_conformance::Observed::Allowed).collect())
-            .collect();
-        let predicted = predicted(state, &pods, args.port, args.family)?;
-        println!("\n== {title} ==");
-        print!("{}", side_by_side(&format!("{} {}", args.port, args.family), &pods, &measured, &predicted));
-        let verdict = if measured == predicted { "measured == predicted" } else { "MISMATCH between packets and engine" };
-        all_match &= measured == predicted;
-        println!("{verdict}");
-        for (rs, report) in &rulesets {
-            println!("  ruleset {} ({} operations{})", summary(rs), report.operations, if report.full { ", full" } else { ", incremental" });
-        }
-        Ok(())
-    };
-    show("no policy: every pod reaches every pod", &state, &mut enforcer)?;
+    let mut show =
+        |title: &str, state: &ClusterState, enforcer: &mut Enforcer<'_>| -> anyhow::Result<()> {
+            let rulesets = enforcer.enforce(state)?;
+            let measured: Vec<Vec<bool>> = enforcer
+                .measure(
+                    &pods,
+                    args.family,
+                    args.port.port,
+                    args.port.protocol,
+                    timeout,
+                )
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|row| {
+                    row.into_iter()
+                        .map(|o| o == palisade_conformance::Observed::Allowed)
+                        .collect()
+                })
+                .collect();
+            let predicted = predicted(state, &pods, args.port, args.family)?;
+            println!("\n== {title} ==");
+            print!(
+                "{}",
+                side_by_side(
+                    &format!("{} {}", args.port, args.family),
+                    &pods,
+                    &measured,
+                    &predicted
+                )
+            );
+            let verdict = if measured == predicted {
+                "measured == predicted"
+            } else {
+                "MISMATCH between packets and engine"
+            };
+            all_match &= measured == predicted;
+            println!("{verdict}");
+            for (rs, report) in &rulesets {
+                println!(
+                    "  ruleset {} ({} operations{})",
+                    summary(rs),
+                    report.operations,
+                    if report.full {
+                        ", full"
+                    } else {
+                        ", incremental"
+                    }
+                );
+            }
+            Ok(())
+        };
+    show(
+        "no policy: every pod reaches every pod",
+        &state,
+        &mut enforcer,
+    )?;
     for (name, policies) in steps {
         let names: Vec<String> = policies
             .iter()
@@ -346,20 +448,44 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         for p in policies {
             state.apply(p);
         }
-        show(&format!("after {name}: {}", names.join(", ")), &state, &mut enforcer)?;
+        show(
+            &format!("after {name}: {}", names.join(", ")),
+            &state,
+            &mut enforcer,
+        )?;
     }
     // Tell the story behind one denied cell, if any.
-    if let Some((src, dst)) = pods.iter().flat_map(|s| pods.iter().map(move |d| (s, d))).find(|(s, d)| {
-        s != d
-            && !state
-                .allows(&Flow { src: Endpoint::Pod((*s).clone()), dst: Endpoint::Pod((*d).clone()), protocol: args.port.protocol, port: args.port.port, family: Some(args.family) })
-                .unwrap_or(true)
-    }) {
-        let flow = Flow { src: Endpoint::Pod(src.clone()), dst: Endpoint::Pod(dst.clone()), protocol: args.port.protocol, port: args.port.port, family: Some(args.family) };
+    if let Some((src, dst)) = pods
+        .iter()
+        .flat_map(|s| pods.iter().map(move |d| (s, d)))
+        .find(|(s, d)| {
+            s != d
+                && !state
+                    .allows(&Flow {
+                        src: Endpoint::Pod((*s).clone()),
+                        dst: Endpoint::Pod((*d).clone()),
+                        protocol: args.port.protocol,
+                        port: args.port.port,
+                        family: Some(args.family),
+                    })
+                    .unwrap_or(true)
+        })
+    {
+        let flow = Flow {
+            src: Endpoint::Pod(src.clone()),
+            dst: Endpoint::Pod(dst.clone()),
+            protocol: args.port.protocol,
+            port: args.port.port,
+            family: Some(args.family),
+        };
         println!("\nWhy is {src} -> {dst} denied?\n{}", state.explain(&flow)?);
     }
     enforcer.remove()?;
     lab.destroy()?;
     println!("\nLab removed.");
-    Ok(if all_match { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_match {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

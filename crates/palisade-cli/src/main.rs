@@ -18,7 +18,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "palisade", version, about = "Kubernetes NetworkPolicy engine: analysis, enforcement, explanations")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Kubernetes NetworkPolicy engine: analysis, enforcement, explanations"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

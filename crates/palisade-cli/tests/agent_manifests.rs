@@ -20,18 +20,32 @@ impl Drop for Agent {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// GET on loopback; (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+    Some((
+        code,
+        text.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string(),
+    ))
 }
 
 /// Polls `check` every 50 ms for at most 15 s.
@@ -48,7 +62,11 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 fn pod_yaml(lab: &Lab, key: &Key, app: &str) -> String {
     let node = &lab.node_names()[lab.pod_node(key).unwrap()];
-    let ips: Vec<String> = lab.pod_ips(key).iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+    let ips: Vec<String> = lab
+        .pod_ips(key)
+        .iter()
+        .map(|ip| format!("{{ip: \"{ip}\"}}"))
+        .collect();
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {}, labels: {{app: {app}}}}}\n\
          spec:\n  nodeName: {node}\n  containers: [{{name: c, image: x, ports: [{{name: http, containerPort: 80}}]}}]\n\
@@ -72,8 +90,12 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     let client: Key = "demo/client".parse().unwrap();
     let spec = LabSpec {
         pods: vec![
-            LabPod::new(web.clone()).on_node(0).with_ports([(80, Protocol::Tcp)]),
-            LabPod::new(client.clone()).on_node(1).with_ports([(80, Protocol::Tcp)]),
+            LabPod::new(web.clone())
+                .on_node(0)
+                .with_ports([(80, Protocol::Tcp)]),
+            LabPod::new(client.clone())
+                .on_node(1)
+                .with_ports([(80, Protocol::Tcp)]),
         ],
         ..LabSpec::default()
     };
@@ -83,7 +105,11 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     write(
         "cluster.yaml",
-        &format!("{}{}", pod_yaml(&lab, &web, "web"), pod_yaml(&lab, &client, "client")),
+        &format!(
+            "{}{}",
+            pod_yaml(&lab, &web, "web"),
+            pod_yaml(&lab, &client, "client")
+        ),
     );
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -91,7 +117,15 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     let start_agent = |dir: &Path| {
         Agent(
             Command::new(env!("CARGO_BIN_EXE_palisade"))
-                .args(["agent", "--node", "node-0", "--netns", &node0, "--poll-ms", "50"])
+                .args([
+                    "agent",
+                    "--node",
+                    "node-0",
+                    "--netns",
+                    &node0,
+                    "--poll-ms",
+                    "50",
+                ])
                 .arg("--manifests")
                 .arg(dir)
                 .args(["--listen", &addr.to_string(), "--table", "palisade"])
@@ -102,9 +136,19 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
         )
     };
     let mut agent = start_agent(dir.path());
-    eventually("agent ready", || http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200));
+    eventually("agent ready", || {
+        http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
     let to_web = lab.pod_ip(&web, IpFamily::V4).unwrap();
-    let probe = || lab.probe(&client, to_web, 80, Protocol::Tcp, Duration::from_millis(500));
+    let probe = || {
+        lab.probe(
+            &client,
+            to_web,
+            80,
+            Protocol::Tcp,
+            Duration::from_millis(500),
+        )
+    };
     assert_eq!(probe(), ProbeOutcome::Connected, "no policy yet");
 
     write("policy.yaml", DENY_WEB);
@@ -113,14 +157,24 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     // The client gets the allowed label: one pod update, one set element.
     write(
         "cluster.yaml",
-        &format!("{}{}", pod_yaml(&lab, &web, "web"), pod_yaml(&lab, &client, "frontend")),
+        &format!(
+            "{}{}",
+            pod_yaml(&lab, &web, "web"),
+            pod_yaml(&lab, &client, "frontend")
+        ),
     );
-    eventually("relabelled client allowed", || probe() == ProbeOutcome::Connected);
+    eventually("relabelled client allowed", || {
+        probe() == ProbeOutcome::Connected
+    });
 
     // An invalid folder is not applied at all: the last valid rules stay.
-    write("broken.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: Bad}\n");
+    write(
+        "broken.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: Bad}\n",
+    );
     eventually("invalid input counted", || {
-        http_get(addr, "/metrics").is_some_and(|(_, m)| m.contains("palisade_invalid_objects_total 1"))
+        http_get(addr, "/metrics")
+            .is_some_and(|(_, m)| m.contains("palisade_invalid_objects_total 1"))
     });
     assert_eq!(probe(), ProbeOutcome::Connected);
     std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
@@ -128,7 +182,11 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     // SIGTERM leaves the rules in place.
     write(
         "cluster.yaml",
-        &format!("{}{}", pod_yaml(&lab, &web, "web"), pod_yaml(&lab, &client, "client")),
+        &format!(
+            "{}{}",
+            pod_yaml(&lab, &web, "web"),
+            pod_yaml(&lab, &client, "client")
+        ),
     );
     eventually("client denied again", || probe() == ProbeOutcome::TimedOut);
     let pid = agent.0.id().to_string();
@@ -137,14 +195,25 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     while agent.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(agent.0.try_wait().unwrap().is_some_and(|s| s.success()), "agent exits cleanly on SIGTERM");
-    assert_eq!(probe(), ProbeOutcome::TimedOut, "rules stay after the agent stops");
-    let listed = lab.run_in_node(0, &["nft", "list", "table", "inet", "palisade"], None).unwrap();
+    assert!(
+        agent.0.try_wait().unwrap().is_some_and(|s| s.success()),
+        "agent exits cleanly on SIGTERM"
+    );
+    assert_eq!(
+        probe(),
+        ProbeOutcome::TimedOut,
+        "rules stay after the agent stops"
+    );
+    let listed = lab
+        .run_in_node(0, &["nft", "list", "table", "inet", "palisade"], None)
+        .unwrap();
     assert!(listed.status.success());
 
     // A restarted agent replaces the table atomically and keeps enforcing.
     agent = start_agent(dir.path());
-    eventually("restarted agent ready", || http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200));
+    eventually("restarted agent ready", || {
+        http_get(addr, "/readyz").is_some_and(|(c, _)| c == 200)
+    });
     assert_eq!(probe(), ProbeOutcome::TimedOut);
     drop(agent);
 }

@@ -6,29 +6,168 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 const CASES: &[(&str, &[&str])] = &[
     ("validate_ok", &["validate", "-f", "testdata/analysis"]),
     ("validate_errors", &["validate", "-f", "testdata/invalid"]),
-    ("validate_errors_json", &["validate", "-f", "testdata/invalid", "-o", "json"]),
+    (
+        "validate_errors_json",
+        &["validate", "-f", "testdata/invalid", "-o", "json"],
+    ),
     ("matrix_demo", &["matrix", "-f", "examples/demo"]),
-    ("matrix_shop", &["matrix", "-f", "testdata/analysis", "--port", "9000/TCP", "--port", "53/UDP"]),
-    ("matrix_json", &["matrix", "-f", "examples/demo", "-o", "json"]),
-    ("explain_allowed", &["explain", "-f", "testdata/analysis", "--from", "shop/web", "--to", "shop/api", "--port", "9000/TCP"]),
-    ("explain_denied", &["explain", "-f", "testdata/analysis", "--from", "shop/db", "--to", "shop/api", "--port", "9000/TCP"]),
-    ("explain_external", &["explain", "-f", "testdata/analysis", "--from", "shop/api", "--to", "10.1.2.3", "--port", "443/TCP"]),
-    ("explain_except", &["explain", "-f", "testdata/analysis", "--from", "shop/api", "--to", "10.96.0.10", "--port", "443/TCP"]),
-    ("explain_yaml", &["explain", "-f", "testdata/analysis", "--from", "monitoring/prometheus", "--to", "shop/api", "--port", "9090", "-o", "yaml"]),
-    ("explain_unknown_pod", &["explain", "-f", "examples/demo", "--from", "default/nope", "--to", "default/nginx", "--port", "80"]),
+    (
+        "matrix_shop",
+        &[
+            "matrix",
+            "-f",
+            "testdata/analysis",
+            "--port",
+            "9000/TCP",
+            "--port",
+            "53/UDP",
+        ],
+    ),
+    (
+        "matrix_json",
+        &["matrix", "-f", "examples/demo", "-o", "json"],
+    ),
+    (
+        "explain_allowed",
+        &[
+            "explain",
+            "-f",
+            "testdata/analysis",
+            "--from",
+            "shop/web",
+            "--to",
+            "shop/api",
+            "--port",
+            "9000/TCP",
+        ],
+    ),
+    (
+        "explain_denied",
+        &[
+            "explain",
+            "-f",
+            "testdata/analysis",
+            "--from",
+            "shop/db",
+            "--to",
+            "shop/api",
+            "--port",
+            "9000/TCP",
+        ],
+    ),
+    (
+        "explain_external",
+        &[
+            "explain",
+            "-f",
+            "testdata/analysis",
+            "--from",
+            "shop/api",
+            "--to",
+            "10.1.2.3",
+            "--port",
+            "443/TCP",
+        ],
+    ),
+    (
+        "explain_except",
+        &[
+            "explain",
+            "-f",
+            "testdata/analysis",
+            "--from",
+            "shop/api",
+            "--to",
+            "10.96.0.10",
+            "--port",
+            "443/TCP",
+        ],
+    ),
+    (
+        "explain_yaml",
+        &[
+            "explain",
+            "-f",
+            "testdata/analysis",
+            "--from",
+            "monitoring/prometheus",
+            "--to",
+            "shop/api",
+            "--port",
+            "9090",
+            "-o",
+            "yaml",
+        ],
+    ),
+    (
+        "explain_unknown_pod",
+        &[
+            "explain",
+            "-f",
+            "examples/demo",
+            "--from",
+            "default/nope",
+            "--to",
+            "default/nginx",
+            "--port",
+            "80",
+        ],
+    ),
     ("connlist_shop", &["connlist", "-f", "testdata/analysis"]),
-    ("connlist_shop_json", &["connlist", "-f", "testdata/analysis", "-o", "json"]),
-    ("connlist_demo_json", &["connlist", "-f", "examples/demo", "-o", "json"]),
-    ("lint_shop", &["lint", "-f", "testdata/analysis", "-f", "testdata/invalid/bad.yaml"]),
-    ("invalid_input_stops_analysis", &["matrix", "-f", "testdata/invalid"]),
-    ("conformance_upstream_ipv4", &["conformance", "--cases", "testdata/conformance/upstream-e2e.yaml", "--family", "ipv4"]),
-    ("apply_dry_run", &["apply", "--backend", "nft", "-f", "testdata/apply", "--node", "node-a", "--dry-run"]),
+    (
+        "connlist_shop_json",
+        &["connlist", "-f", "testdata/analysis", "-o", "json"],
+    ),
+    (
+        "connlist_demo_json",
+        &["connlist", "-f", "examples/demo", "-o", "json"],
+    ),
+    (
+        "lint_shop",
+        &[
+            "lint",
+            "-f",
+            "testdata/analysis",
+            "-f",
+            "testdata/invalid/bad.yaml",
+        ],
+    ),
+    (
+        "invalid_input_stops_analysis",
+        &["matrix", "-f", "testdata/invalid"],
+    ),
+    (
+        "conformance_upstream_ipv4",
+        &[
+            "conformance",
+            "--cases",
+            "testdata/conformance/upstream-e2e.yaml",
+            "--family",
+            "ipv4",
+        ],
+    ),
+    (
+        "apply_dry_run",
+        &[
+            "apply",
+            "--backend",
+            "nft",
+            "-f",
+            "testdata/apply",
+            "--node",
+            "node-a",
+            "--dry-run",
+        ],
+    ),
 ];
 
 fn run(args: &[&str]) -> String {
@@ -61,7 +200,9 @@ fn cli_outputs_match_golden_files() {
         let expected = std::fs::read_to_string(&path)
             .unwrap_or_else(|_| panic!("missing {}: run with UPDATE_GOLDEN=1", path.display()));
         if expected != actual {
-            mismatches.push(format!("{name}:\n--- expected\n{expected}\n--- actual\n{actual}"));
+            mismatches.push(format!(
+                "{name}:\n--- expected\n{expected}\n--- actual\n{actual}"
+            ));
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
@@ -83,8 +224,16 @@ fn stdin_is_read_with_dash() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "6 valid object(s), 0 error(s)\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "6 valid object(s), 0 error(s)\n"
+    );
 }

@@ -24,7 +24,11 @@ pub enum ConformanceError {
     #[error("{file}: {message}")]
     Format { file: String, message: String },
     #[error("{file}: case {case}: {message}")]
-    Case { file: String, case: String, message: String },
+    Case {
+        file: String,
+        case: String,
+        message: String,
+    },
     #[error("prober: {0}")]
     Prober(String),
 }
@@ -135,8 +139,10 @@ pub struct Probe {
 }
 
 fn parse_key(file: &str, what: &str, s: &str) -> Result<Key, ConformanceError> {
-    s.parse::<Key>()
-        .map_err(|e| ConformanceError::Format { file: file.into(), message: format!("{what}: {e}") })
+    s.parse::<Key>().map_err(|e| ConformanceError::Format {
+        file: file.into(),
+        message: format!("{what}: {e}"),
+    })
 }
 
 impl CaseFile {
@@ -174,8 +180,7 @@ impl CaseFile {
             for (si, rs) in rc.steps.into_iter().enumerate() {
                 let mut probes = Vec::new();
                 for (pi, rp) in rs.probe.into_iter().enumerate() {
-                    if rp.expect.len() != n
-                        || rp.expect.iter().any(|row| row.chars().count() != n)
+                    if rp.expect.len() != n || rp.expect.iter().any(|row| row.chars().count() != n)
                     {
                         return Err(case_err(format!(
                             "step {} probe {}: expect must be {n} rows of {n} characters",
@@ -199,7 +204,11 @@ impl CaseFile {
                             .collect::<Result<Vec<_>, _>>()?;
                         expect.push(cells);
                     }
-                    probes.push(Probe { port: rp.port, protocol: rp.protocol, expect });
+                    probes.push(Probe {
+                        port: rp.port,
+                        protocol: rp.protocol,
+                        expect,
+                    });
                 }
                 let mut pod_labels = BTreeMap::new();
                 for (k, v) in rs.pod_labels {
@@ -219,7 +228,12 @@ impl CaseFile {
                     probes,
                 });
             }
-            cases.push(Case { id: rc.id, name: rc.name, served_ports: rc.served_ports, steps });
+            cases.push(Case {
+                id: rc.id,
+                name: rc.name,
+                served_ports: rc.served_ports,
+                steps,
+            });
         }
         Ok(CaseFile {
             file: file.into(),
@@ -237,7 +251,11 @@ impl CaseFile {
     }
 
     pub fn probe_count(&self) -> usize {
-        self.cases.iter().flat_map(|c| &c.steps).map(|s| s.probes.len()).sum()
+        self.cases
+            .iter()
+            .flat_map(|c| &c.steps)
+            .map(|s| s.probes.len())
+            .sum()
     }
 }
 
@@ -270,13 +288,18 @@ pub fn substitute(value: &mut Value, ips: &BTreeMap<Key, IpAddr>) -> Result<(), 
     match value {
         Value::String(s) => {
             while let Some(start) = s.find("{{") {
-                let end = s[start..].find("}}").ok_or_else(|| format!("unclosed placeholder in {s:?}"))? + start;
+                let end = s[start..]
+                    .find("}}")
+                    .ok_or_else(|| format!("unclosed placeholder in {s:?}"))?
+                    + start;
                 let inner = s[start + 2..end].trim().to_string();
                 let (func, arg) = inner
                     .split_once(char::is_whitespace)
                     .ok_or_else(|| format!("malformed placeholder {{{{{inner}}}}}"))?;
                 let key: Key = arg.trim().parse()?;
-                let ip = *ips.get(&key).ok_or_else(|| format!("placeholder names unknown pod {key}"))?;
+                let ip = *ips
+                    .get(&key)
+                    .ok_or_else(|| format!("placeholder names unknown pod {key}"))?;
                 let text = match func {
                     "podIP" => ip.to_string(),
                     "podHostCIDR" => format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
@@ -314,9 +337,19 @@ pub struct RunContext<'a> {
 pub trait Prober {
     /// Called when a case starts (e.g. to serve its ports) and after each step's changes,
     /// before its probes (e.g. to apply the rules).
-    fn prepare(&mut self, ctx: &RunContext<'_>, case: &Case, state: &ClusterState) -> Result<(), String>;
+    fn prepare(
+        &mut self,
+        ctx: &RunContext<'_>,
+        case: &Case,
+        state: &ClusterState,
+    ) -> Result<(), String>;
     /// Returns `observed[src][dst]` for every pair in `ctx.file.pods` order.
-    fn probe(&mut self, ctx: &RunContext<'_>, state: &ClusterState, probe: &Probe) -> Result<Vec<Vec<Observed>>, String>;
+    fn probe(
+        &mut self,
+        ctx: &RunContext<'_>,
+        state: &ClusterState,
+        probe: &Probe,
+    ) -> Result<Vec<Vec<Observed>>, String>;
 }
 
 /// Verdicts from the engine, without packets. SCTP is evaluated like any protocol.
@@ -328,7 +361,12 @@ impl Prober for EngineProber {
         Ok(())
     }
 
-    fn probe(&mut self, ctx: &RunContext<'_>, state: &ClusterState, probe: &Probe) -> Result<Vec<Vec<Observed>>, String> {
+    fn probe(
+        &mut self,
+        ctx: &RunContext<'_>,
+        state: &ClusterState,
+        probe: &Probe,
+    ) -> Result<Vec<Vec<Observed>>, String> {
         let pods = &ctx.file.pods;
         pods.iter()
             .map(|src| {
@@ -343,7 +381,13 @@ impl Prober for EngineProber {
                         };
                         state
                             .allows(&flow)
-                            .map(|ok| if ok { Observed::Allowed } else { Observed::Denied })
+                            .map(|ok| {
+                                if ok {
+                                    Observed::Allowed
+                                } else {
+                                    Observed::Denied
+                                }
+                            })
                             .map_err(|e| e.to_string())
                     })
                     .collect()
@@ -401,7 +445,10 @@ pub struct Report {
 impl Report {
     pub fn summary(&self, with_skipped: bool) -> String {
         if with_skipped {
-            format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+            format!(
+                "{} passed, {} failed, {} skipped",
+                self.passed, self.failed, self.skipped
+            )
         } else {
             format!("{} passed, {} failed", self.passed, self.failed)
         }
@@ -413,14 +460,24 @@ impl Report {
 }
 
 /// The model pods as the engine sees them for one case.
-fn model_pod(key: &Key, labels: &Labels, case: &Case, ip: Option<IpAddr>, node: Option<String>) -> Pod {
+fn model_pod(
+    key: &Key,
+    labels: &Labels,
+    case: &Case,
+    ip: Option<IpAddr>,
+    node: Option<String>,
+) -> Pod {
     let mut pod = Pod::new(&key.namespace, &key.name, labels.clone());
     pod.ips = ip.into_iter().collect();
     pod.node = node;
     pod.ports = case
         .served_ports
         .iter()
-        .map(|p| ContainerPort { name: Some(p.name.clone()), port: p.port, protocol: p.protocol })
+        .map(|p| ContainerPort {
+            name: Some(p.name.clone()),
+            port: p.port,
+            protocol: p.protocol,
+        })
         .collect();
     pod
 }
@@ -434,11 +491,20 @@ pub fn run(
     only: &[String],
     prober: &mut dyn Prober,
 ) -> Report {
-    let ctx = RunContext { file, family, addresses };
+    let ctx = RunContext {
+        file,
+        family,
+        addresses,
+    };
     let mut report = Report::default();
-    for case in file.cases.iter().filter(|c| only.is_empty() || only.contains(&c.id)) {
+    for case in file
+        .cases
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.id))
+    {
         if let Err(e) = run_case(&ctx, case, nodes, prober, &mut report) {
-            let cells: usize = case.steps.iter().map(|s| s.probes.len()).sum::<usize>() * cells_per_probe(file);
+            let cells: usize =
+                case.steps.iter().map(|s| s.probes.len()).sum::<usize>() * cells_per_probe(file);
             report.failed += cells;
             report.errors.push(format!("{}: {e}", case.id));
         }
@@ -448,7 +514,11 @@ pub fn run(
 
 fn cells_per_probe(file: &CaseFile) -> usize {
     let n = file.pods.len();
-    if file.diagonal_asserted { n * n } else { n * (n - 1) }
+    if file.diagonal_asserted {
+        n * n
+    } else {
+        n * (n - 1)
+    }
 }
 
 fn run_case(
@@ -465,7 +535,13 @@ fn run_case(
         state.upsert_namespace(Namespace::new(name, labels.clone()));
     }
     for (key, labels) in &pod_labels {
-        let pod = model_pod(key, labels, case, ctx.addresses.get(key).copied(), nodes.get(key).cloned());
+        let pod = model_pod(
+            key,
+            labels,
+            case,
+            ctx.addresses.get(key).copied(),
+            nodes.get(key).cloned(),
+        );
         state.upsert_pod(pod);
     }
     for (si, step) in case.steps.iter().enumerate() {
@@ -474,7 +550,13 @@ fn run_case(
         }
         for (key, labels) in &step.pod_labels {
             pod_labels.insert(key.clone(), labels.clone());
-            let pod = model_pod(key, labels, case, ctx.addresses.get(key).copied(), nodes.get(key).cloned());
+            let pod = model_pod(
+                key,
+                labels,
+                case,
+                ctx.addresses.get(key).copied(),
+                nodes.get(key).cloned(),
+            );
             state.upsert_pod(pod);
         }
         for key in &step.delete {
@@ -483,7 +565,10 @@ fn run_case(
         for (di, doc) in step.apply.iter().enumerate() {
             let mut doc = doc.clone();
             substitute(&mut doc, ctx.addresses)?;
-            let origin = Origin { file: format!("{} {} step {}", file.file, case.id, si + 1), document: di + 1 };
+            let origin = Origin {
+                file: format!("{} {} step {}", file.file, case.id, si + 1),
+                document: di + 1,
+            };
             let loaded = load_document(doc, &origin);
             if let Some(e) = loaded.errors.first() {
                 return Err(e.to_string());

@@ -6,7 +6,10 @@ use palisade_conformance::{CaseFile, EngineProber, default_addresses, run};
 use palisade_model::IpFamily;
 
 fn upstream() -> CaseFile {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/conformance/upstream-e2e.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/conformance/upstream-e2e.yaml"
+    );
     let text = std::fs::read_to_string(path).expect("bundled upstream cases");
     CaseFile::parse(&text, path).expect("cases parse")
 }
@@ -15,7 +18,14 @@ fn check(family: IpFamily) {
     let file = upstream();
     assert_eq!(file.probe_count(), 65);
     let addresses = default_addresses(&file.pods, family);
-    let report = run(&file, family, &addresses, &BTreeMap::new(), &[], &mut EngineProber);
+    let report = run(
+        &file,
+        family,
+        &addresses,
+        &BTreeMap::new(),
+        &[],
+        &mut EngineProber,
+    );
     for f in report.failures.iter().take(20) {
         eprintln!("{f}");
     }

@@ -96,7 +96,13 @@ fn dir_index(d: Direction) -> usize {
 impl<'a> Evaluator<'a> {
     fn new(state: &'a ClusterState, blocks: &[&IpBlock]) -> Self {
         // Class key: everything a policy can observe about a pod.
-        type ClassKey<'k> = (&'k str, &'k Labels, Vec<palisade_model::ContainerPort>, bool, Vec<(usize, bool, bool)>);
+        type ClassKey<'k> = (
+            &'k str,
+            &'k Labels,
+            Vec<palisade_model::ContainerPort>,
+            bool,
+            Vec<(usize, bool, bool)>,
+        );
         let mut by_key: BTreeMap<ClassKey<'a>, usize> = BTreeMap::new();
         let mut classes: Vec<Class<'a>> = Vec::new();
         for pod in state.pods() {
@@ -112,10 +118,17 @@ impl<'a> Evaluator<'a> {
                 })
                 .collect();
             // Which families the pod has matters for pairing, so it is part of the key.
-            let fam_sig = (pod.ip(IpFamily::V4).is_some() as usize) << 1 | pod.ip(IpFamily::V6).is_some() as usize;
+            let fam_sig = (pod.ip(IpFamily::V4).is_some() as usize) << 1
+                | pod.ip(IpFamily::V6).is_some() as usize;
             let mut sig = block_sig;
             sig.push((usize::MAX, fam_sig & 2 != 0, fam_sig & 1 != 0));
-            let key = (pod.key.namespace.as_str(), &pod.labels, ports, pod.host_network, sig);
+            let key = (
+                pod.key.namespace.as_str(),
+                &pod.labels,
+                ports,
+                pod.host_network,
+                sig,
+            );
             let idx = *by_key.entry(key).or_insert_with(|| {
                 classes.push(Class {
                     rep: pod,
@@ -157,8 +170,10 @@ impl<'a> Evaluator<'a> {
                     return out; // §11
                 }
                 for d in Direction::BOTH {
-                    let isolating: Vec<&NetworkPolicy> =
-                        state.policies_selecting(&c.rep.key).filter(|p| p.isolates(d)).collect();
+                    let isolating: Vec<&NetworkPolicy> = state
+                        .policies_selecting(&c.rep.key)
+                        .filter(|p| p.isolates(d))
+                        .collect();
                     if !isolating.is_empty() {
                         out[dir_index(d)] = Some(
                             isolating
@@ -171,14 +186,23 @@ impl<'a> Evaluator<'a> {
                 out
             })
             .collect();
-        Evaluator { classes, rules, class_rules, peer_bits: HashMap::new() }
+        Evaluator {
+            classes,
+            rules,
+            class_rules,
+            peer_bits: HashMap::new(),
+        }
     }
 
     fn view(&self, class: usize, family: Option<IpFamily>) -> PeerView<'_> {
         let c = &self.classes[class];
         match (c.rep.host_network, family.and_then(|f| c.rep.ip(f))) {
             (true, Some(ip)) => PeerView::Ip(ip),
-            _ => PeerView::Pod { pod: c.rep, namespace_labels: &c.namespace_labels, family },
+            _ => PeerView::Pod {
+                pod: c.rep,
+                namespace_labels: &c.namespace_labels,
+                family,
+            },
         }
     }
 
@@ -208,7 +232,14 @@ impl<'a> Evaluator<'a> {
     }
 
     /// What `subject`'s `direction` side allows towards/from `peer`.
-    fn side(&mut self, subject: usize, direction: Direction, peer: usize, destination: usize, family: Option<IpFamily>) -> PortRanges {
+    fn side(
+        &mut self,
+        subject: usize,
+        direction: Direction,
+        peer: usize,
+        destination: usize,
+        family: Option<IpFamily>,
+    ) -> PortRanges {
         let Some(rules) = self.class_rules[subject][dir_index(direction)].clone() else {
             return PortRanges::all();
         };
@@ -216,7 +247,9 @@ impl<'a> Evaluator<'a> {
         for r in rules {
             if self.rule_matches_class(r, family, peer) {
                 let dst = self.classes[destination].rep;
-                out.union_with(&self.rule_ports(r, if dst.host_network { None } else { Some(dst) }));
+                out.union_with(
+                    &self.rule_ports(r, if dst.host_network { None } else { Some(dst) }),
+                );
                 if out.is_all() {
                     break;
                 }
@@ -265,13 +298,25 @@ pub fn external_blocks(blocks: &[&IpBlock]) -> Vec<IpNet> {
     for family in [IpFamily::V4, IpFamily::V6] {
         let span = |n: &IpNet| -> (u128, u128) {
             match n {
-                IpNet::V4(n) => (u32::from(n.network()).into(), u32::from(n.broadcast()).into()),
+                IpNet::V4(n) => (
+                    u32::from(n.network()).into(),
+                    u32::from(n.broadcast()).into(),
+                ),
                 IpNet::V6(n) => (n.network().into(), n.broadcast().into()),
             }
         };
-        let fam_of = |n: &IpNet| if matches!(n, IpNet::V4(_)) { IpFamily::V4 } else { IpFamily::V6 };
-        let cidrs: Vec<(u128, u128)> =
-            blocks.iter().filter(|b| fam_of(&b.cidr) == family).map(|b| span(&b.cidr)).collect();
+        let fam_of = |n: &IpNet| {
+            if matches!(n, IpNet::V4(_)) {
+                IpFamily::V4
+            } else {
+                IpFamily::V6
+            }
+        };
+        let cidrs: Vec<(u128, u128)> = blocks
+            .iter()
+            .filter(|b| fam_of(&b.cidr) == family)
+            .map(|b| span(&b.cidr))
+            .collect();
         let mut cuts: BTreeSet<u128> = BTreeSet::new();
         for b in blocks.iter().filter(|b| fam_of(&b.cidr) == family) {
             for n in std::iter::once(&b.cidr).chain(&b.except) {
@@ -282,7 +327,11 @@ pub fn external_blocks(blocks: &[&IpBlock]) -> Vec<IpNet> {
                 }
             }
         }
-        let max: u128 = if family == IpFamily::V4 { u32::MAX.into() } else { u128::MAX };
+        let max: u128 = if family == IpFamily::V4 {
+            u32::MAX.into()
+        } else {
+            u128::MAX
+        };
         let cuts: Vec<u128> = cuts.into_iter().collect();
         for (i, &start) in cuts.iter().enumerate() {
             let end = cuts.get(i + 1).map_or(max, |n| n - 1);
@@ -300,9 +349,17 @@ fn range_to_cidrs(mut start: u128, end: u128, family: IpFamily) -> Vec<IpNet> {
     let mut out = Vec::new();
     loop {
         // Largest aligned block starting at `start` that fits in the range.
-        let mut size_bits = if start == 0 { bits } else { start.trailing_zeros().min(bits) };
+        let mut size_bits = if start == 0 {
+            bits
+        } else {
+            start.trailing_zeros().min(bits)
+        };
         while size_bits > 0 {
-            let last = if size_bits >= 128 { u128::MAX } else { start + ((1u128 << size_bits) - 1) };
+            let last = if size_bits >= 128 {
+                u128::MAX
+            } else {
+                start + ((1u128 << size_bits) - 1)
+            };
             if last <= end {
                 break;
             }
@@ -310,10 +367,18 @@ fn range_to_cidrs(mut start: u128, end: u128, family: IpFamily) -> Vec<IpNet> {
         }
         let prefix = (bits - size_bits) as u8;
         out.push(match family {
-            IpFamily::V4 => IpNet::V4(Ipv4Net::new(Ipv4Addr::from(start as u32), prefix).expect("prefix <= 32")),
-            IpFamily::V6 => IpNet::V6(Ipv6Net::new(Ipv6Addr::from(start), prefix).expect("prefix <= 128")),
+            IpFamily::V4 => {
+                IpNet::V4(Ipv4Net::new(Ipv4Addr::from(start as u32), prefix).expect("prefix <= 32"))
+            }
+            IpFamily::V6 => {
+                IpNet::V6(Ipv6Net::new(Ipv6Addr::from(start), prefix).expect("prefix <= 128"))
+            }
         });
-        let block_last = if size_bits >= 128 { u128::MAX } else { start + ((1u128 << size_bits) - 1) };
+        let block_last = if size_bits >= 128 {
+            u128::MAX
+        } else {
+            start + ((1u128 << size_bits) - 1)
+        };
         if block_last >= end {
             return out;
         }
@@ -336,7 +401,11 @@ pub fn connlist(state: &ClusterState) -> Vec<Connection> {
             for a in &eval.classes[src].members {
                 for b in &eval.classes[dst].members {
                     if a != b {
-                        out.push(Connection { src: a.clone(), dst: b.clone(), allowed: allowed.clone() });
+                        out.push(Connection {
+                            src: a.clone(),
+                            dst: b.clone(),
+                            allowed: allowed.clone(),
+                        });
                     }
                 }
             }
@@ -356,10 +425,18 @@ pub fn connlist(state: &ClusterState) -> Vec<Connection> {
             let ingress = eval.side_external(c, Direction::Ingress, ip);
             for m in &eval.classes[c].members {
                 if !egress.is_empty() {
-                    out.push(Connection { src: m.clone(), dst: net.to_string(), allowed: egress.clone() });
+                    out.push(Connection {
+                        src: m.clone(),
+                        dst: net.to_string(),
+                        allowed: egress.clone(),
+                    });
                 }
                 if !ingress.is_empty() {
-                    out.push(Connection { src: net.to_string(), dst: m.clone(), allowed: ingress.clone() });
+                    out.push(Connection {
+                        src: net.to_string(),
+                        dst: m.clone(),
+                        allowed: ingress.clone(),
+                    });
                 }
             }
         }
@@ -378,7 +455,9 @@ enum EndpointOrder {
 impl EndpointOrder {
     fn of(s: &str) -> Self {
         match s.parse::<IpNet>() {
-            Ok(IpNet::V4(n)) => EndpointOrder::Cidr(false, u32::from(n.network()).into(), n.prefix_len()),
+            Ok(IpNet::V4(n)) => {
+                EndpointOrder::Cidr(false, u32::from(n.network()).into(), n.prefix_len())
+            }
             Ok(IpNet::V6(n)) => EndpointOrder::Cidr(true, n.network().into(), n.prefix_len()),
             Err(_) => EndpointOrder::Pod(s.to_string()),
         }
@@ -393,12 +472,22 @@ mod tests {
     fn ranges_become_minimal_cidrs() {
         let v4 = |s: &str| u128::from(u32::from(s.parse::<Ipv4Addr>().unwrap()));
         let text = |v: Vec<IpNet>| v.iter().map(ToString::to_string).collect::<Vec<_>>();
-        assert_eq!(text(range_to_cidrs(v4("10.0.0.0"), v4("10.0.255.255"), IpFamily::V4)), ["10.0.0.0/16"]);
+        assert_eq!(
+            text(range_to_cidrs(
+                v4("10.0.0.0"),
+                v4("10.0.255.255"),
+                IpFamily::V4
+            )),
+            ["10.0.0.0/16"]
+        );
         assert_eq!(
             text(range_to_cidrs(v4("10.0.0.1"), v4("10.0.0.6"), IpFamily::V4)),
             ["10.0.0.1/32", "10.0.0.2/31", "10.0.0.4/31", "10.0.0.6/32"]
         );
-        assert_eq!(text(range_to_cidrs(0, u32::MAX.into(), IpFamily::V4)), ["0.0.0.0/0"]);
+        assert_eq!(
+            text(range_to_cidrs(0, u32::MAX.into(), IpFamily::V4)),
+            ["0.0.0.0/0"]
+        );
         assert_eq!(text(range_to_cidrs(0, u128::MAX, IpFamily::V6)), ["::/0"]);
     }
 
@@ -408,7 +497,10 @@ mod tests {
             cidr: "10.0.0.0/8".parse().unwrap(),
             except: vec!["10.128.0.0/9".parse().unwrap()],
         };
-        let text: Vec<String> = external_blocks(&[&block]).iter().map(ToString::to_string).collect();
+        let text: Vec<String> = external_blocks(&[&block])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(text, ["10.0.0.0/9", "10.128.0.0/9"]);
     }
 }

@@ -6,7 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use palisade_ir as ir;
-use palisade_model::{Direction, IpBlock, Key, LabelSelector, Labels, NetworkPolicy, Peer, Pod, PortSpec, Protocol, Rule};
+use palisade_model::{
+    Direction, IpBlock, Key, LabelSelector, Labels, NetworkPolicy, Peer, Pod, PortSpec, Protocol,
+    Rule,
+};
 
 use crate::matching::port_match_ranges;
 use crate::ports::PortRanges;
@@ -70,7 +73,10 @@ fn subtract(ranges: &mut Vec<(u128, u128)>, c: u128, d: u128) {
 fn block_ranges(block: &IpBlock) -> Vec<(u128, u128)> {
     let span = |net: &IpNet| -> (u128, u128) {
         match net {
-            IpNet::V4(n) => (u32::from(n.network()).into(), u32::from(n.broadcast()).into()),
+            IpNet::V4(n) => (
+                u32::from(n.network()).into(),
+                u32::from(n.broadcast()).into(),
+            ),
             IpNet::V6(n) => (n.network().into(), n.broadcast().into()),
         }
     };
@@ -109,7 +115,9 @@ impl AddressRanges {
             first: IpAddr::V6(Ipv6Addr::from(a)),
             last: IpAddr::V6(Ipv6Addr::from(b)),
         });
-        ir::PeerSet { ranges: v4.chain(v6).collect() }
+        ir::PeerSet {
+            ranges: v4.chain(v6).collect(),
+        }
     }
 }
 
@@ -126,9 +134,21 @@ struct PeersDef {
 impl PeersDef {
     fn new(policy_ns: &str, rule: &Rule, named: Vec<palisade_model::PortMatch>) -> Self {
         let scoped = rule.peers.is_empty() && !named.is_empty()
-            || rule.peers.iter().any(|p| matches!(p, Peer::Pods { namespace_selector: None, .. }));
+            || rule.peers.iter().any(|p| {
+                matches!(
+                    p,
+                    Peer::Pods {
+                        namespace_selector: None,
+                        ..
+                    }
+                )
+            });
         PeersDef {
-            scope: if scoped { policy_ns.to_string() } else { String::new() },
+            scope: if scoped {
+                policy_ns.to_string()
+            } else {
+                String::new()
+            },
             peers: rule.peers.clone(),
             named,
         }
@@ -144,7 +164,10 @@ impl PeersDef {
             return true;
         }
         self.peers.iter().any(|peer| match peer {
-            Peer::Pods { namespace_selector, pod_selector } => crate::matching::pods_peer_matches(
+            Peer::Pods {
+                namespace_selector,
+                pod_selector,
+            } => crate::matching::pods_peer_matches(
                 &self.scope,
                 namespace_selector.as_ref(),
                 pod_selector.as_ref(),
@@ -157,7 +180,15 @@ impl PeersDef {
     }
 
     fn has_namespace_selector(&self) -> bool {
-        self.peers.iter().any(|p| matches!(p, Peer::Pods { namespace_selector: Some(_), .. }))
+        self.peers.iter().any(|p| {
+            matches!(
+                p,
+                Peer::Pods {
+                    namespace_selector: Some(_),
+                    ..
+                }
+            )
+        })
     }
 }
 
@@ -184,13 +215,19 @@ impl PeerCache {
         // An address taken over from another pod leaves that pod's sets (§10).
         let taken: Vec<IpAddr> = new
             .into_iter()
-            .flat_map(|p| p.ips.iter().filter(|ip| state.ip_owner(ip).is_some_and(|o| *o != p.key)))
+            .flat_map(|p| {
+                p.ips
+                    .iter()
+                    .filter(|ip| state.ip_owner(ip).is_some_and(|o| *o != p.key))
+            })
             .copied()
             .collect();
         self.sets.retain(|def, entries| {
             let touched = views.iter().any(|(pod, labels)| def.may_hold(pod, labels))
                 || (!taken.is_empty()
-                    && entries.iter().any(|e| taken.iter().any(|ip| set_contains(&e.set, ip))));
+                    && entries
+                        .iter()
+                        .any(|e| taken.iter().any(|ip| set_contains(&e.set, ip))));
             !touched
         });
     }
@@ -224,14 +261,18 @@ struct NamedPeers {
 
 impl NamedPeers {
     fn new(ports: PortRanges, set: ir::PeerSet) -> Self {
-        NamedPeers { ports, name: set.name(), set }
+        NamedPeers {
+            ports,
+            name: set.name(),
+            set,
+        }
     }
 }
 
 fn set_contains(set: &ir::PeerSet, ip: &IpAddr) -> bool {
-    set.ranges.iter().any(|r| {
-        r.first.is_ipv4() == ip.is_ipv4() && r.first <= *ip && *ip <= r.last
-    })
+    set.ranges
+        .iter()
+        .any(|r| r.first.is_ipv4() == ip.is_ipv4() && r.first <= *ip && *ip <= r.last)
 }
 
 /// Compiles one node, with caches shared across its endpoints.
@@ -272,7 +313,11 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
 
     fn compute_pods_matching(&mut self, policy_ns: &'a str, peer: &'a Peer) -> Vec<&'a Pod> {
         let state = self.state;
-        let Peer::Pods { namespace_selector, pod_selector } = peer else {
+        let Peer::Pods {
+            namespace_selector,
+            pod_selector,
+        } = peer
+        else {
             return Vec::new();
         };
         // The namespace side is decided once per namespace selector, the pod side per pod.
@@ -310,8 +355,7 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
         if rule.peers.is_empty() {
             return all_pods().map(|p| (p, p.ips.clone())).collect();
         }
-        let mut pods: BTreeMap<&palisade_model::Key, (&'a Pod, BTreeSet<IpAddr>)> =
-            BTreeMap::new();
+        let mut pods: BTreeMap<&palisade_model::Key, (&'a Pod, BTreeSet<IpAddr>)> = BTreeMap::new();
         for peer in &rule.peers {
             match peer {
                 Peer::Pods { .. } => {
@@ -323,13 +367,18 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
                 Peer::IpBlock(block) => {
                     for pod in all_pods() {
                         for ip in pod.ips.iter().filter(|ip| block.contains(ip)) {
-                            pods.entry(&pod.key).or_insert((pod, BTreeSet::new())).1.insert(*ip);
+                            pods.entry(&pod.key)
+                                .or_insert((pod, BTreeSet::new()))
+                                .1
+                                .insert(*ip);
                         }
                     }
                 }
             }
         }
-        pods.into_values().map(|(pod, ips)| (pod, ips.into_iter().collect())).collect()
+        pods.into_values()
+            .map(|(pod, ips)| (pod, ips.into_iter().collect()))
+            .collect()
     }
 
     fn rule_addresses(&mut self, policy_ns: &'a str, rule: &'a Rule) -> AddressRanges {
@@ -348,7 +397,10 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
     }
 
     fn peer_match(&mut self, peers: NamedPeers) -> ir::PeerMatch {
-        self.out.peer_sets.entry(peers.name.clone()).or_insert(peers.set);
+        self.out
+            .peer_sets
+            .entry(peers.name.clone())
+            .or_insert(peers.set);
         ir::PeerMatch::Set(peers.name)
     }
 
@@ -362,12 +414,17 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
         let set = ir::PortSet {
             ranges: ports
                 .iter()
-                .map(|(p, first, last)| ir::PortRange { protocol: ir_protocol(p), first, last })
+                .map(|(p, first, last)| ir::PortRange {
+                    protocol: ir_protocol(p),
+                    first,
+                    last,
+                })
                 .collect(),
         };
         let name = set.name();
         self.out.port_sets.entry(name.clone()).or_insert(set);
-        self.port_matches.insert(ports.clone(), ir::PortMatch::Set(name.clone()));
+        self.port_matches
+            .insert(ports.clone(), ir::PortMatch::Set(name.clone()));
         ir::PortMatch::Set(name)
     }
 
@@ -401,7 +458,11 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
                 let ports = crate::matching::rule_port_ranges(rule, Some(subject));
                 if !ports.is_empty() {
                     let ports = self.port_match(&ports);
-                    rules.push(ir::AllowRule { peers, ports, origin });
+                    rules.push(ir::AllowRule {
+                        peers,
+                        ports,
+                        origin,
+                    });
                 }
             }
             RuleParts::Egress(allows) => {
@@ -427,7 +488,10 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
             return sets.clone();
         }
         let sets = if def.named.is_empty() {
-            vec![NamedPeers::new(PortRanges::all(), self.rule_addresses(ns, rule).into_peer_set())]
+            vec![NamedPeers::new(
+                PortRanges::all(),
+                self.rule_addresses(ns, rule).into_peer_set(),
+            )]
         } else {
             let named: Vec<&palisade_model::PortMatch> = def.named.iter().collect();
             self.named_port_sets(ns, rule, &named)
@@ -494,7 +558,8 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
             let peers = peers_of_rule(self);
             allows.push((peers, self.port_match(&numeric)));
         }
-        let named_ports: Vec<palisade_model::PortMatch> = rule.ports.iter().filter(named).cloned().collect();
+        let named_ports: Vec<palisade_model::PortMatch> =
+            rule.ports.iter().filter(named).cloned().collect();
         if !named_ports.is_empty() {
             for group in self.cached_sets(ns, rule, named_ports) {
                 let ports = group.ports.clone();
@@ -506,12 +571,23 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
     }
 
     fn direction_rules(&mut self, pod: &'a Pod, direction: Direction) -> ir::DirectionRules {
-        let isolating: Vec<&'a NetworkPolicy> =
-            self.state.policies_selecting(&pod.key).filter(|p| p.isolates(direction)).collect();
+        let isolating: Vec<&'a NetworkPolicy> = self
+            .state
+            .policies_selecting(&pod.key)
+            .filter(|p| p.isolates(direction))
+            .collect();
         // Pods under the same policies compile alike, unless ingress named ports resolve on
         // them differently: their container ports are part of the key.
-        let ports = if direction == Direction::Ingress { pod.ports.as_slice() } else { &[] };
-        let memo_key = (isolating.iter().map(|p| &p.key).collect::<Vec<_>>(), direction, ports);
+        let ports = if direction == Direction::Ingress {
+            pod.ports.as_slice()
+        } else {
+            &[]
+        };
+        let memo_key = (
+            isolating.iter().map(|p| &p.key).collect::<Vec<_>>(),
+            direction,
+            ports,
+        );
         if let Some(done) = self.endpoint_rules.get(&memo_key) {
             return done.clone();
         }
@@ -550,13 +626,20 @@ impl ClusterState {
         let mut c = NodeCompiler {
             state: self,
             cache,
-            out: ir::NodeRuleset { node: node.to_string(), ..Default::default() },
+            out: ir::NodeRuleset {
+                node: node.to_string(),
+                ..Default::default()
+            },
             peer_pods: HashMap::new(),
             rule_parts: HashMap::new(),
             port_matches: HashMap::new(),
             selected_namespaces: HashMap::new(),
             endpoint_rules: HashMap::new(),
-            namespaces: self.namespace_names().into_iter().map(str::to_string).collect(),
+            namespaces: self
+                .namespace_names()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
         };
         for pod in self.local_pods(node) {
             let endpoint = ir::Endpoint {
@@ -580,13 +663,19 @@ mod tests {
     fn except_is_subtracted_into_ranges() {
         let block = IpBlock {
             cidr: "10.0.0.0/8".parse().unwrap(),
-            except: vec!["10.1.0.0/16".parse().unwrap(), "10.255.255.255/32".parse().unwrap()],
+            except: vec![
+                "10.1.0.0/16".parse().unwrap(),
+                "10.255.255.255/32".parse().unwrap(),
+            ],
         };
         let mut r = AddressRanges::default();
         r.add_block(&block);
         let set = r.into_peer_set();
-        let text: Vec<String> =
-            set.ranges.iter().map(|r| format!("{}-{}", r.first, r.last)).collect();
+        let text: Vec<String> = set
+            .ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.first, r.last))
+            .collect();
         assert_eq!(text, ["10.0.0.0-10.0.255.255", "10.2.0.0-10.255.255.254"]);
     }
 
@@ -597,8 +686,14 @@ mod tests {
             r.add_ip(ip.parse().unwrap());
         }
         let set = r.into_peer_set();
-        let text: Vec<String> =
-            set.ranges.iter().map(|r| format!("{}-{}", r.first, r.last)).collect();
-        assert_eq!(text, ["10.0.0.1-10.0.0.2", "10.0.0.4-10.0.0.4", "fd00::1-fd00::1"]);
+        let text: Vec<String> = set
+            .ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.first, r.last))
+            .collect();
+        assert_eq!(
+            text,
+            ["10.0.0.1-10.0.0.2", "10.0.0.4-10.0.0.4", "fd00::1-fd00::1"]
+        );
     }
 }

@@ -57,10 +57,22 @@ fn peer_field(d: Direction) -> &'static str {
 
 /// Does some pod of the cluster match this selector peer?
 fn peer_matches_any_pod(state: &ClusterState, policy_ns: &str, peer: &Peer) -> bool {
-    state.pods().into_iter().filter(|p| !p.host_network).any(|pod| {
-        let labels = state.namespace_labels(&pod.key.namespace);
-        peer_matches(policy_ns, peer, &PeerView::Pod { pod, namespace_labels: &labels, family: None })
-    })
+    state
+        .pods()
+        .into_iter()
+        .filter(|p| !p.host_network)
+        .any(|pod| {
+            let labels = state.namespace_labels(&pod.key.namespace);
+            peer_matches(
+                policy_ns,
+                peer,
+                &PeerView::Pod {
+                    pod,
+                    namespace_labels: &labels,
+                    family: None,
+                },
+            )
+        })
 }
 
 /// `a` covers `b`: every (protocol, port) that `b` opens, `a` opens too.
@@ -78,9 +90,13 @@ fn port_covers(a: &PortMatch, b: &PortMatch) -> bool {
 
 /// Rule `a` allows at least everything `b` does, judged on the rules' text.
 fn rule_covers(a: &Rule, b: &Rule) -> bool {
-    let peers = a.peers.is_empty() || (!b.peers.is_empty() && b.peers.iter().all(|p| a.peers.contains(p)));
+    let peers =
+        a.peers.is_empty() || (!b.peers.is_empty() && b.peers.iter().all(|p| a.peers.contains(p)));
     let ports = a.ports.is_empty()
-        || (!b.ports.is_empty() && b.ports.iter().all(|p| a.ports.iter().any(|q| port_covers(q, p))));
+        || (!b.ports.is_empty()
+            && b.ports
+                .iter()
+                .all(|p| a.ports.iter().any(|q| port_covers(q, p))));
     peers && ports
 }
 
@@ -114,15 +130,21 @@ fn lint_policy(state: &ClusterState, policy: &NetworkPolicy, out: &mut Vec<Findi
                 }
             }
             for (j, pm) in rule.ports.iter().enumerate() {
-                let PortSpec::Named(name) = &pm.port else { continue };
+                let PortSpec::Named(name) = &pm.port else {
+                    continue;
+                };
                 // §8: ingress resolves on the selected pods, egress on the peer pods.
                 let resolves = match d {
-                    Direction::Ingress => {
-                        selected.iter().any(|p| p.resolve_named_port(name, pm.protocol).is_some())
-                    }
+                    Direction::Ingress => selected
+                        .iter()
+                        .any(|p| p.resolve_named_port(name, pm.protocol).is_some()),
                     Direction::Egress => state.pods().into_iter().any(|pod| {
                         let labels = state.namespace_labels(&pod.key.namespace);
-                        let view = PeerView::Pod { pod, namespace_labels: &labels, family: None };
+                        let view = PeerView::Pod {
+                            pod,
+                            namespace_labels: &labels,
+                            family: None,
+                        };
                         pod.resolve_named_port(name, pm.protocol).is_some()
                             && !pod.host_network
                             && (rule.peers.is_empty()
@@ -137,19 +159,22 @@ fn lint_policy(state: &ClusterState, policy: &NetworkPolicy, out: &mut Vec<Findi
                     out.push(finding(
                         format!("{path}.ports[{j}].port"),
                         LintKind::NamedPortUnresolved,
-                        format!("named port {name}/{} is declared by none of {whose}", pm.protocol),
+                        format!(
+                            "named port {name}/{} is declared by none of {whose}",
+                            pm.protocol
+                        ),
                     ));
                 }
             }
-            if let Some((k, _)) = rules
-                .iter()
-                .enumerate()
-                .find(|(k, other)| *k != i && rule_covers(other, rule) && (!rule_covers(rule, other) || *k < i))
-            {
+            if let Some((k, _)) = rules.iter().enumerate().find(|(k, other)| {
+                *k != i && rule_covers(other, rule) && (!rule_covers(rule, other) || *k < i)
+            }) {
                 out.push(finding(
                     path.clone(),
                     LintKind::ShadowedRule,
-                    format!("is shadowed by the broader rule spec.{d}[{k}]: it allows nothing more"),
+                    format!(
+                        "is shadowed by the broader rule spec.{d}[{k}]: it allows nothing more"
+                    ),
                 ));
             }
         }

@@ -13,7 +13,11 @@ use crate::ports::PortRanges;
 #[derive(Debug, Clone, Copy)]
 pub enum PeerView<'a> {
     /// A pod (not hostNetwork), with the labels of its namespace.
-    Pod { pod: &'a Pod, namespace_labels: &'a Labels, family: Option<IpFamily> },
+    Pod {
+        pod: &'a Pod,
+        namespace_labels: &'a Labels,
+        family: Option<IpFamily>,
+    },
     /// An address outside the pod network (or a hostNetwork pod, which is its node's IP).
     Ip(IpAddr),
     /// A hostNetwork pod with no address of the flow's family: selectors never see it
@@ -46,17 +50,22 @@ impl PeerView<'_> {
 /// that stands alone.
 pub fn peer_matches(policy_namespace: &str, peer: &Peer, view: &PeerView<'_>) -> bool {
     match peer {
-        Peer::Pods { namespace_selector, pod_selector } => match view {
-            PeerView::Pod { pod, namespace_labels, .. } => {
-                pods_peer_matches(
-                    policy_namespace,
-                    namespace_selector.as_ref(),
-                    pod_selector.as_ref(),
-                    &pod.key.namespace,
-                    namespace_labels,
-                    &pod.labels,
-                )
-            }
+        Peer::Pods {
+            namespace_selector,
+            pod_selector,
+        } => match view {
+            PeerView::Pod {
+                pod,
+                namespace_labels,
+                ..
+            } => pods_peer_matches(
+                policy_namespace,
+                namespace_selector.as_ref(),
+                pod_selector.as_ref(),
+                &pod.key.namespace,
+                namespace_labels,
+                &pod.labels,
+            ),
             PeerView::Ip(_) | PeerView::Unaddressed => false,
         },
         // §6: ipBlock matches pod IPs as well as external IPs.
@@ -81,7 +90,11 @@ pub fn pods_peer_matches(
 
 /// §4: empty `from`/`to` matches every peer.
 pub fn rule_peers_match(policy_namespace: &str, rule: &Rule, view: &PeerView<'_>) -> bool {
-    rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(policy_namespace, p, view))
+    rule.peers.is_empty()
+        || rule
+            .peers
+            .iter()
+            .any(|p| peer_matches(policy_namespace, p, view))
 }
 
 /// §8: the ports one `ports` entry opens, with named ports resolved on `destination` (the
@@ -115,7 +128,9 @@ pub fn rule_allows_port(
     port: u16,
 ) -> bool {
     rule.ports.is_empty()
-        || rule.ports.iter().any(|pm| pm.protocol == protocol && port_match_ranges(pm, destination).contains(protocol, port))
+        || rule.ports.iter().any(|pm| {
+            pm.protocol == protocol && port_match_ranges(pm, destination).contains(protocol, port)
+        })
 }
 
 /// §1: does this policy select the pod (same namespace, podSelector matches)?

@@ -36,7 +36,9 @@ impl PortRanges {
     }
 
     pub fn all() -> Self {
-        Self { by_protocol: [vec![(0, 65535)], vec![(0, 65535)], vec![(0, 65535)]] }
+        Self {
+            by_protocol: [vec![(0, 65535)], vec![(0, 65535)], vec![(0, 65535)]],
+        }
     }
 
     pub fn single(protocol: Protocol, from: u16, to: u16) -> Self {
@@ -50,7 +52,9 @@ impl PortRanges {
     }
 
     pub fn is_all(&self) -> bool {
-        self.by_protocol.iter().all(|r| r.as_slice() == [(0, 65535)])
+        self.by_protocol
+            .iter()
+            .all(|r| r.as_slice() == [(0, 65535)])
     }
 
     pub fn add(&mut self, protocol: Protocol, from: u16, to: u16) {
@@ -86,14 +90,18 @@ impl PortRanges {
     }
 
     pub fn contains(&self, protocol: Protocol, port: u16) -> bool {
-        self.by_protocol[index(protocol)].iter().any(|&(a, b)| a <= port && port <= b)
+        self.by_protocol[index(protocol)]
+            .iter()
+            .any(|&(a, b)| a <= port && port <= b)
     }
 
     /// (protocol, from, to) in protocol order.
     pub fn iter(&self) -> impl Iterator<Item = (Protocol, u16, u16)> + '_ {
-        Protocol::ALL
-            .iter()
-            .flat_map(move |&p| self.by_protocol[index(p)].iter().map(move |&(a, b)| (p, a, b)))
+        Protocol::ALL.iter().flat_map(move |&p| {
+            self.by_protocol[index(p)]
+                .iter()
+                .map(move |&(a, b)| (p, a, b))
+        })
     }
 }
 
@@ -139,6 +147,9 @@ mod tests {
         let b = PortRanges::single(Protocol::Tcp, 85, 100);
         assert_eq!(a.intersect(&b).to_string(), "TCP 85-90");
         assert!(PortRanges::all().intersect(&a) == a);
-        assert!(a.intersect(&PortRanges::single(Protocol::Sctp, 1, 2)).is_empty());
+        assert!(
+            a.intersect(&PortRanges::single(Protocol::Sctp, 1, 2))
+                .is_empty()
+        );
     }
 }

@@ -114,28 +114,45 @@ impl ClusterState {
         for ip in pod.ips.iter().filter(|_| !pod.host_network) {
             if let Some(previous) = self.ip_owner.insert(*ip, key.clone())
                 && previous != key
-                && let Some(stale) =
-                    self.pods.get_mut(&previous.namespace).and_then(|m| m.get_mut(&previous.name))
+                && let Some(stale) = self
+                    .pods
+                    .get_mut(&previous.namespace)
+                    .and_then(|m| m.get_mut(&previous.name))
             {
                 stale.ips.retain(|a| a != ip);
             }
         }
         let mut selecting = BTreeSet::new();
-        for name in self.policies_by_namespace.get(&key.namespace).into_iter().flatten() {
+        for name in self
+            .policies_by_namespace
+            .get(&key.namespace)
+            .into_iter()
+            .flatten()
+        {
             let policy_key = Key::new(&key.namespace, name);
             if policy_selects(&self.policies[&policy_key], &pod) {
-                self.selected.entry(policy_key.clone()).or_default().insert(key.clone());
+                self.selected
+                    .entry(policy_key.clone())
+                    .or_default()
+                    .insert(key.clone());
                 selecting.insert(policy_key);
             }
         }
         self.selecting.insert(key.clone(), selecting);
-        self.pods.entry(key.namespace).or_default().insert(key.name, pod);
+        self.pods
+            .entry(key.namespace)
+            .or_default()
+            .insert(key.name, pod);
         self.pod_count += 1;
         Change::Changed
     }
 
     pub fn delete_pod(&mut self, key: &Key) -> Change {
-        if self.unindex_pod(key) { Change::Changed } else { Change::Unchanged }
+        if self.unindex_pod(key) {
+            Change::Changed
+        } else {
+            Change::Unchanged
+        }
     }
 
     fn unindex_pod(&mut self, key: &Key) -> bool {
@@ -188,7 +205,10 @@ impl ClusterState {
     }
 
     pub fn pods_in_namespace(&self, namespace: &str) -> impl Iterator<Item = &Pod> + '_ {
-        self.pods.get(namespace).into_iter().flat_map(BTreeMap::values)
+        self.pods
+            .get(namespace)
+            .into_iter()
+            .flat_map(BTreeMap::values)
     }
 
     // ---- policies ----
@@ -206,7 +226,10 @@ impl ClusterState {
             }
         }
         for pod in &selected {
-            self.selecting.entry(pod.clone()).or_default().insert(key.clone());
+            self.selecting
+                .entry(pod.clone())
+                .or_default()
+                .insert(key.clone());
         }
         self.selected.insert(key.clone(), selected);
         self.policies_by_namespace
@@ -218,7 +241,11 @@ impl ClusterState {
     }
 
     pub fn delete_policy(&mut self, key: &Key) -> Change {
-        if self.unindex_policy(key) { Change::Changed } else { Change::Unchanged }
+        if self.unindex_policy(key) {
+            Change::Changed
+        } else {
+            Change::Unchanged
+        }
     }
 
     fn unindex_policy(&mut self, key: &Key) -> bool {
@@ -251,12 +278,20 @@ impl ClusterState {
 
     /// Policies selecting a pod, sorted by key (§1, §3).
     pub fn policies_selecting(&self, pod: &Key) -> impl Iterator<Item = &NetworkPolicy> + '_ {
-        self.selecting.get(pod).into_iter().flatten().map(|k| &self.policies[k])
+        self.selecting
+            .get(pod)
+            .into_iter()
+            .flatten()
+            .map(|k| &self.policies[k])
     }
 
     /// Pods a policy selects, sorted by key.
     pub fn pods_selected_by(&self, policy: &Key) -> impl Iterator<Item = &Pod> + '_ {
-        self.selected.get(policy).into_iter().flatten().filter_map(|k| self.pod(k))
+        self.selected
+            .get(policy)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pod(k))
     }
 }
 

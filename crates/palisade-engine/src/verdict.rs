@@ -74,7 +74,10 @@ pub enum SideVerdict {
     /// No policy selecting the pod isolates this direction: everything is allowed (§1).
     NotIsolated,
     /// Isolated by these policies, and allowed by these rules (all of them, sorted).
-    Allowed { isolated_by: Vec<Key>, allowed_by: Vec<RuleRef> },
+    Allowed {
+        isolated_by: Vec<Key>,
+        allowed_by: Vec<RuleRef>,
+    },
     /// Isolated by these policies, and no rule of theirs allows the flow.
     Denied { isolated_by: Vec<Key> },
 }
@@ -109,7 +112,9 @@ pub enum ExplainError {
 impl fmt::Display for ExplainError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ExplainError::UnknownPod(k) => write!(f, "no pod or workload {k} in the loaded objects"),
+            ExplainError::UnknownPod(k) => {
+                write!(f, "no pod or workload {k} in the loaded objects")
+            }
             ExplainError::FamilyMismatch { src, dst } => {
                 write!(f, "{src} and {dst} are of different IP families")
             }
@@ -129,9 +134,10 @@ enum Resolved<'a> {
 impl ClusterState {
     fn resolve<'a>(&'a self, e: &Endpoint) -> Result<Resolved<'a>, ExplainError> {
         match e {
-            Endpoint::Pod(k) => {
-                self.pod(k).map(Resolved::Pod).ok_or_else(|| ExplainError::UnknownPod(k.clone()))
-            }
+            Endpoint::Pod(k) => self
+                .pod(k)
+                .map(Resolved::Pod)
+                .ok_or_else(|| ExplainError::UnknownPod(k.clone())),
             Endpoint::Ip(ip) => Ok(Resolved::Ip(*ip)),
         }
     }
@@ -150,7 +156,11 @@ impl ClusterState {
             Resolved::Pod(p) => p.ips.first().map(IpFamily::of),
             Resolved::Ip(_) => None,
         });
-        Ok(flow.family.or(from_ips).or(from_pods).unwrap_or(IpFamily::V4))
+        Ok(flow
+            .family
+            .or(from_ips)
+            .or(from_pods)
+            .unwrap_or(IpFamily::V4))
     }
 
     fn peer_view<'a>(
@@ -166,7 +176,11 @@ impl ClusterState {
                 Some(ip) => PeerView::Ip(ip),
                 None => PeerView::Unaddressed,
             },
-            Resolved::Pod(p) => PeerView::Pod { pod: p, namespace_labels, family: Some(family) },
+            Resolved::Pod(p) => PeerView::Pod {
+                pod: p,
+                namespace_labels,
+                family: Some(family),
+            },
             Resolved::Ip(ip) => PeerView::Ip(ip),
         }
     }
@@ -188,19 +202,29 @@ impl ClusterState {
         };
         let mut isolated_by = Vec::new();
         let mut allowed_by = Vec::new();
-        for policy in self.policies_selecting(&pod.key).filter(|p| p.isolates(direction)) {
+        for policy in self
+            .policies_selecting(&pod.key)
+            .filter(|p| p.isolates(direction))
+        {
             isolated_by.push(policy.key.clone());
             for (index, rule) in policy.rules(direction).iter().enumerate() {
                 if rule_peers_match(&policy.key.namespace, rule, peer)
                     && rule_allows_port(rule, destination, flow.protocol, flow.port)
                 {
-                    allowed_by.push(RuleRef { policy: policy.key.clone(), direction, index });
+                    allowed_by.push(RuleRef {
+                        policy: policy.key.clone(),
+                        direction,
+                        index,
+                    });
                 }
             }
         }
         match (isolated_by.is_empty(), allowed_by.is_empty()) {
             (true, _) => SideVerdict::NotIsolated,
-            (false, false) => SideVerdict::Allowed { isolated_by, allowed_by },
+            (false, false) => SideVerdict::Allowed {
+                isolated_by,
+                allowed_by,
+            },
             (false, true) => SideVerdict::Denied { isolated_by },
         }
     }
@@ -226,7 +250,12 @@ impl ClusterState {
         };
         let egress = self.side(src, Direction::Egress, &dst_view, dst_pod, flow);
         let ingress = self.side(dst, Direction::Ingress, &src_view, dst_pod, flow);
-        Ok(Explanation { flow: flow.clone(), family, egress, ingress })
+        Ok(Explanation {
+            flow: flow.clone(),
+            family,
+            egress,
+            ingress,
+        })
     }
 
     pub fn allows(&self, flow: &Flow) -> Result<bool, ExplainError> {
@@ -235,7 +264,10 @@ impl ClusterState {
 }
 
 fn keys(keys: &[Key]) -> String {
-    keys.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    keys.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for Explanation {
@@ -264,12 +296,27 @@ impl fmt::Display for Explanation {
                     format!("{who} uses the host network and cannot be isolated")
                 }
                 SideVerdict::NotIsolated => {
-                    format!("{who} is not isolated for {}: no policy selecting it has {} in policyTypes, so all is allowed", label.trim(), if label.trim() == "egress" { "Egress" } else { "Ingress" })
+                    format!(
+                        "{who} is not isolated for {}: no policy selecting it has {} in policyTypes, so all is allowed",
+                        label.trim(),
+                        if label.trim() == "egress" {
+                            "Egress"
+                        } else {
+                            "Ingress"
+                        }
+                    )
                 }
-                SideVerdict::Allowed { isolated_by, allowed_by } => format!(
+                SideVerdict::Allowed {
+                    isolated_by,
+                    allowed_by,
+                } => format!(
                     "{who} is isolated by {}; allowed by {}",
                     keys(isolated_by),
-                    allowed_by.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    allowed_by
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 SideVerdict::Denied { isolated_by } => format!(
                     "{who} is isolated by {}; no rule of these policies allows this peer and port, so it is denied",

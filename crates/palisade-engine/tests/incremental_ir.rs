@@ -64,7 +64,11 @@ fn incremental_compile_equals_scratch_over_random_change_sequences() {
         // Objects of the first cluster that the second lacks are deleted, the rest is
         // upserted: relabels, new addresses (some taken over from other pods), new policies.
         let second_keys: BTreeSet<String> = second.iter().map(object_key).collect();
-        for (step, o) in first.iter().filter(|o| !second_keys.contains(&object_key(o))).enumerate() {
+        for (step, o) in first
+            .iter()
+            .filter(|o| !second_keys.contains(&object_key(o)))
+            .enumerate()
+        {
             delete(&mut state, &mut cache, o);
             check(&state, &mut cache, &format!("seed {seed} delete {step}"));
         }
@@ -87,12 +91,24 @@ fn object_key(o: &Object) -> String {
 /// over; the cached peer set holding the old pod's address must drop it.
 #[test]
 fn an_address_taken_over_leaves_the_cached_sets() {
-    use palisade_testkit::build::{pod, policy, pods, rule, sel};
+    use palisade_testkit::build::{pod, pods, policy, rule, sel};
     let mut state = ClusterState::new();
     let mut cache = PeerCache::default();
     let objects = [
-        Object::Pod(pod("ns", "server").label("app", "server").ip("10.0.0.9").node("n1").build()),
-        Object::Pod(pod("ns", "old").label("app", "client").ip("10.0.0.1").node("n2").build()),
+        Object::Pod(
+            pod("ns", "server")
+                .label("app", "server")
+                .ip("10.0.0.9")
+                .node("n1")
+                .build(),
+        ),
+        Object::Pod(
+            pod("ns", "old")
+                .label("app", "client")
+                .ip("10.0.0.1")
+                .node("n2")
+                .build(),
+        ),
         Object::NetworkPolicy(
             policy("ns", "from-client")
                 .select(sel(&[("app", "server")]))
@@ -104,7 +120,11 @@ fn an_address_taken_over_leaves_the_cached_sets() {
         apply(&mut state, &mut cache, o);
     }
     check(&state, &mut cache, "before");
-    let newcomer = pod("ns", "new").label("app", "other").ip("10.0.0.1").node("n2").build();
+    let newcomer = pod("ns", "new")
+        .label("app", "other")
+        .ip("10.0.0.1")
+        .node("n2")
+        .build();
     apply(&mut state, &mut cache, Object::Pod(newcomer));
     check(&state, &mut cache, "after the takeover");
     let rs = state.compile_node_with("n1", &mut cache);

@@ -243,8 +243,16 @@ impl NodeRuleset {
                 .sum(),
             peer_sets: self.peer_sets.len(),
             port_sets: self.port_sets.len(),
-            set_elements: self.peer_sets.values().map(|s| s.ranges.len()).sum::<usize>()
-                + self.port_sets.values().map(|s| s.ranges.len()).sum::<usize>(),
+            set_elements: self
+                .peer_sets
+                .values()
+                .map(|s| s.ranges.len())
+                .sum::<usize>()
+                + self
+                    .port_sets
+                    .values()
+                    .map(|s| s.ranges.len())
+                    .sum::<usize>(),
         }
     }
 }
@@ -261,7 +269,11 @@ pub struct RulesetStats {
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("{backend}: {action} failed: {message}")]
-    Apply { backend: &'static str, action: String, message: String },
+    Apply {
+        backend: &'static str,
+        action: String,
+        message: String,
+    },
     #[error("dataplane: {0}")]
     Other(String),
 }
