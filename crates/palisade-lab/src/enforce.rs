@@ -22,7 +22,9 @@ pub struct Enforcer<'a> {
 
 impl std::fmt::Debug for Enforcer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Enforcer").field("lab", &self.lab.prefix()).finish_non_exhaustive()
+        f.debug_struct("Enforcer")
+            .field("lab", &self.lab.prefix())
+            .finish_non_exhaustive()
     }
 }
 
@@ -31,7 +33,11 @@ impl<'a> Enforcer<'a> {
     pub fn new(lab: &'a Lab, mut dataplane_for: impl FnMut(usize) -> Box<dyn Dataplane>) -> Self {
         let dataplanes: Vec<_> = (0..lab.node_count()).map(&mut dataplane_for).collect();
         let applied = vec![None; dataplanes.len()];
-        Enforcer { lab, dataplanes, applied }
+        Enforcer {
+            lab,
+            dataplanes,
+            applied,
+        }
     }
 
     pub fn lab(&self) -> &Lab {
@@ -83,7 +89,8 @@ impl<'a> Enforcer<'a> {
                     .lab
                     .pod_ip(dst, family)
                     .ok_or_else(|| format!("lab pod {dst} has no {family} address"))?;
-                requests.push(ProbeRequest::new(src.clone(), to, port, protocol).with_timeout(timeout));
+                requests
+                    .push(ProbeRequest::new(src.clone(), to, port, protocol).with_timeout(timeout));
             }
         }
         let outcomes = self.lab.probe_many(&requests);
@@ -102,12 +109,18 @@ impl<'a> Enforcer<'a> {
     /// The model pods' node names, for the conformance runner.
     pub fn node_of_pods(&self, pods: &[Key]) -> BTreeMap<Key, String> {
         pods.iter()
-            .filter_map(|k| self.lab.pod_node(k).map(|n| (k.clone(), self.lab.node_names()[n].clone())))
+            .filter_map(|k| {
+                self.lab
+                    .pod_node(k)
+                    .map(|n| (k.clone(), self.lab.node_names()[n].clone()))
+            })
             .collect()
     }
 
     pub fn addresses(&self, pods: &[Key], family: IpFamily) -> BTreeMap<Key, IpAddr> {
-        pods.iter().filter_map(|k| self.lab.pod_ip(k, family).map(|ip| (k.clone(), ip))).collect()
+        pods.iter()
+            .filter_map(|k| self.lab.pod_ip(k, family).map(|ip| (k.clone(), ip)))
+            .collect()
     }
 }
 
@@ -120,33 +133,68 @@ pub struct LabProber<'a> {
 
 impl std::fmt::Debug for LabProber<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LabProber").field("enforcer", &self.enforcer).finish_non_exhaustive()
+        f.debug_struct("LabProber")
+            .field("enforcer", &self.enforcer)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'a> LabProber<'a> {
     pub fn new(enforcer: Enforcer<'a>, timeout: Duration) -> Self {
-        LabProber { enforcer, timeout, serving_case: None }
+        LabProber {
+            enforcer,
+            timeout,
+            serving_case: None,
+        }
     }
 }
 
 impl Prober for LabProber<'_> {
-    fn prepare(&mut self, ctx: &RunContext<'_>, case: &Case, state: &ClusterState) -> Result<(), String> {
+    fn prepare(
+        &mut self,
+        ctx: &RunContext<'_>,
+        case: &Case,
+        state: &ClusterState,
+    ) -> Result<(), String> {
         if self.serving_case.as_deref() != Some(case.id.as_str()) {
-            let ports: Vec<(u16, Protocol)> = case.served_ports.iter().map(|p| (p.port, p.protocol)).collect();
+            let ports: Vec<(u16, Protocol)> = case
+                .served_ports
+                .iter()
+                .map(|p| (p.port, p.protocol))
+                .collect();
             for pod in &ctx.file.pods {
-                self.enforcer.lab.serve(pod, &ports).map_err(|e| e.to_string())?;
+                self.enforcer
+                    .lab
+                    .serve(pod, &ports)
+                    .map_err(|e| e.to_string())?;
             }
             self.serving_case = Some(case.id.clone());
         }
-        self.enforcer.enforce(state).map(|_| ()).map_err(|e| e.to_string())
+        self.enforcer
+            .enforce(state)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
-    fn probe(&mut self, ctx: &RunContext<'_>, _: &ClusterState, probe: &Probe) -> Result<Vec<Vec<Observed>>, String> {
+    fn probe(
+        &mut self,
+        ctx: &RunContext<'_>,
+        _: &ClusterState,
+        probe: &Probe,
+    ) -> Result<Vec<Vec<Observed>>, String> {
         if probe.protocol == Protocol::Sctp {
             let n = ctx.file.pods.len();
-            return Ok(vec![vec![Observed::Skipped(SCTP_SKIP_REASON.to_string()); n]; n]);
+            return Ok(vec![
+                vec![Observed::Skipped(SCTP_SKIP_REASON.to_string()); n];
+                n
+            ]);
         }
-        self.enforcer.measure(&ctx.file.pods, ctx.family, probe.port, probe.protocol, self.timeout)
+        self.enforcer.measure(
+            &ctx.file.pods,
+            ctx.family,
+            probe.port,
+            probe.protocol,
+            self.timeout,
+        )
     }
 }

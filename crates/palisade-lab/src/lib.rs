@@ -83,7 +83,11 @@ pub enum LabError {
 /// prints why not and returns `false`, unless `PALISADE_REQUIRE_ROOT_TESTS=1` (CI), which
 /// turns the skip into a panic.
 pub fn can_run_root_tests(needs_nft: bool) -> bool {
-    let checked = if needs_nft { check_prerequisites() } else { check_lab_prerequisites() };
+    let checked = if needs_nft {
+        check_prerequisites()
+    } else {
+        check_lab_prerequisites()
+    };
     match checked {
         Ok(()) => true,
         Err(e) if std::env::var("PALISADE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") => {

@@ -10,7 +10,10 @@ use palisade_model::IpFamily;
 use palisade_nft::{Config, NftDataplane, SystemNft};
 
 fn upstream() -> CaseFile {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/conformance/upstream-e2e.yaml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/conformance/upstream-e2e.yaml"
+    );
     CaseFile::parse(&std::fs::read_to_string(path).unwrap(), path).unwrap()
 }
 
@@ -19,10 +22,16 @@ fn conformance(family: IpFamily) {
         return;
     }
     let file = upstream();
-    let spec = LabSpec { pods: file.pods.iter().map(|k| LabPod::new(k.clone())).collect(), ..LabSpec::default() };
+    let spec = LabSpec {
+        pods: file.pods.iter().map(|k| LabPod::new(k.clone())).collect(),
+        ..LabSpec::default()
+    };
     let lab = Lab::create(spec).expect("lab");
     let enforcer = Enforcer::new(&lab, |i| {
-        Box::new(NftDataplane::new(SystemNft::in_netns(lab.node_netns(i)), Config::default()))
+        Box::new(NftDataplane::new(
+            SystemNft::in_netns(lab.node_netns(i)),
+            Config::default(),
+        ))
     });
     let nodes = enforcer.node_of_pods(&file.pods);
     let addresses = enforcer.addresses(&file.pods, family);
@@ -31,7 +40,11 @@ fn conformance(family: IpFamily) {
     for f in report.failures.iter().take(40) {
         eprintln!("FAIL {f}");
     }
-    eprintln!("{family}: {} ({:?})", report.summary(true), report.skip_reasons);
+    eprintln!(
+        "{family}: {} ({:?})",
+        report.summary(true),
+        report.skip_reasons
+    );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.failed, 0);
     // Every TCP and UDP cell ran; only SCTP (3 probes x 72 cells) is skipped.
