@@ -284,9 +284,9 @@ impl fmt::Display for Explanation {
             self.family,
             if self.allowed() { "ALLOWED" } else { "DENIED" }
         )?;
-        for (label, who, side) in [
-            ("egress ", &flow.src, &self.egress),
-            ("ingress", &flow.dst, &self.ingress),
+        for (label, policy_type, who, side) in [
+            ("egress ", "Egress", &flow.src, &self.egress),
+            ("ingress", "Ingress", &flow.dst, &self.ingress),
         ] {
             let line = match side {
                 SideVerdict::External => {
@@ -295,17 +295,11 @@ impl fmt::Display for Explanation {
                 SideVerdict::HostNetwork => {
                     format!("{who} uses the host network and cannot be isolated")
                 }
-                SideVerdict::NotIsolated => {
-                    format!(
-                        "{who} is not isolated for {}: no policy selecting it has {} in policyTypes, so all is allowed",
-                        label.trim(),
-                        if label.trim() == "egress" {
-                            "Egress"
-                        } else {
-                            "Ingress"
-                        }
-                    )
-                }
+                SideVerdict::NotIsolated => format!(
+                    "{who} is not isolated for {}: no policy selecting it has {policy_type} \
+                     in policyTypes, so all is allowed",
+                    label.trim()
+                ),
                 SideVerdict::Allowed {
                     isolated_by,
                     allowed_by,
