@@ -479,18 +479,17 @@ mod tests {
         send(tx, Change::Replace(Kind::NetworkPolicy, vec![]));
     }
 
-    /// Runs a controller on a thread; returns the event sender, the stop sender and the
-    /// thread handle.
-    fn start(
-        rec: &Recorder,
-        batch: BatchConfig,
-        cleanup: bool,
-    ) -> (
+    /// What [`start`] returns.
+    type Running = (
         Sender<SourceEvent>,
         Sender<()>,
         std::thread::JoinHandle<Result<(), DataplaneError>>,
         Arc<Health>,
-    ) {
+    );
+
+    /// Runs a controller on a thread; returns the event sender, the stop sender, the
+    /// thread handle and the controller's health.
+    fn start(rec: &Recorder, batch: BatchConfig, cleanup: bool) -> Running {
         let health = Arc::new(Health::default());
         let c = Controller::new(
             "n1".into(),

@@ -282,12 +282,28 @@ fn side_json(side: &SideVerdict) -> Value {
 
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let (state, _) = load_state(&args.input.paths)?;
+    // An address that a pod holds is that pod, in that address's family.
+    let mut family = args.family;
+    let mut resolve = |e: &Endpoint| match e {
+        Endpoint::Ip(ip) => {
+            let resolved = state.endpoint_for_ip(*ip);
+            if let Endpoint::Pod(k) = &resolved {
+                eprintln!(
+                    "note: {ip} is the address of pod {k}; explaining the flow as that pod's"
+                );
+                family = family.or(Some(IpFamily::of(ip)));
+            }
+            resolved
+        }
+        pod => pod.clone(),
+    };
+    let (src, dst) = (resolve(&args.from), resolve(&args.to));
     let flow = Flow {
-        src: args.from.clone(),
-        dst: args.to.clone(),
+        src,
+        dst,
         protocol: args.port.protocol,
         port: args.port.port,
-        family: args.family,
+        family,
     };
     let e = state.explain(&flow)?;
     let value = json!({

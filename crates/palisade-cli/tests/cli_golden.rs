@@ -156,6 +156,20 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "explain_pod_address",
+        &[
+            "explain",
+            "-f",
+            "testdata/apply",
+            "--from",
+            "10.0.2.20",
+            "--to",
+            "fd00::1:10",
+            "--port",
+            "8080/TCP",
+        ],
+    ),
+    (
         "apply_dry_run",
         &[
             "apply",

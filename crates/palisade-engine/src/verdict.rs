@@ -229,6 +229,16 @@ impl ClusterState {
         }
     }
 
+    /// The endpoint an address stands for: the pod holding it (a packet from a pod's
+    /// address is that pod's, §6), or the bare address. `explain` takes `Endpoint::Ip` as
+    /// external, so callers resolve user-given addresses through this first.
+    pub fn endpoint_for_ip(&self, ip: IpAddr) -> Endpoint {
+        match self.ip_owner(&ip).and_then(|k| self.pod(k)) {
+            Some(pod) if pod.ips.contains(&ip) => Endpoint::Pod(pod.key.clone()),
+            _ => Endpoint::Ip(ip),
+        }
+    }
+
     /// The verdict for `flow` and why.
     pub fn explain(&self, flow: &Flow) -> Result<Explanation, ExplainError> {
         let src = self.resolve(&flow.src)?;
