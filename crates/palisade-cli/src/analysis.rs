@@ -282,16 +282,28 @@ fn side_json(side: &SideVerdict) -> Value {
 
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     let (state, _) = load_state(&args.input.paths)?;
-    // An address that a pod holds is that pod, in that address's family.
+    // Addresses fix the flow's family; they must agree with each other and with --family.
     let mut family = args.family;
-    let mut resolve = |e: &Endpoint| match e {
+    for e in [&args.from, &args.to] {
+        if let Endpoint::Ip(ip) = e {
+            let f = IpFamily::of(ip);
+            if family.is_some_and(|g| g != f) {
+                bail!(
+                    "{ip} is {f}, but the flow is {}: both ends and --family must agree",
+                    family.unwrap_or(f)
+                );
+            }
+            family = Some(f);
+        }
+    }
+    // An address that a pod holds is that pod.
+    let resolve = |e: &Endpoint| match e {
         Endpoint::Ip(ip) => {
             let resolved = state.endpoint_for_ip(*ip);
             if let Endpoint::Pod(k) = &resolved {
                 eprintln!(
                     "note: {ip} is the address of pod {k}; explaining the flow as that pod's"
                 );
-                family = family.or(Some(IpFamily::of(ip)));
             }
             resolved
         }

@@ -156,7 +156,7 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "explain_pod_address",
+        "explain_mixed_families",
         &[
             "explain",
             "-f",
@@ -165,6 +165,20 @@ const CASES: &[(&str, &[&str])] = &[
             "10.0.2.20",
             "--to",
             "fd00::1:10",
+            "--port",
+            "8080/TCP",
+        ],
+    ),
+    (
+        "explain_pod_address",
+        &[
+            "explain",
+            "-f",
+            "testdata/apply",
+            "--from",
+            "10.0.2.20",
+            "--to",
+            "10.0.1.10",
             "--port",
             "8080/TCP",
         ],
