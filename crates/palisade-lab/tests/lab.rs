@@ -5,13 +5,11 @@
 //! Every lab here is a local value: when an assert fails, the panic unwinds through its
 //! `Drop`, which deletes its namespaces.
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use palisade_lab::{
-    Lab, LabPod, LabSpec, ProbeOutcome, ProbeRequest, SCTP_SKIP_REASON, check_lab_prerequisites,
-    check_prerequisites, list_netns,
+    Lab, LabPod, LabSpec, ProbeOutcome, ProbeRequest, SCTP_SKIP_REASON, list_netns,
 };
 use palisade_model::{IpFamily, Key, Protocol};
 
