@@ -608,11 +608,16 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
 }
 
 impl ClusterState {
-    /// Pods a node enforces for: scheduled on it, not hostNetwork, with an address (§10, §11).
+    /// Pods a node enforces for: scheduled on it, not hostNetwork, with an address (§10, §11),
+    /// sorted by key. Filtered before sorting: a node holds ~100 of the cluster's pods, and
+    /// sorting all 10,000 of them was half of a node compile (agent_bench, BENCHMARKS.md).
     pub fn local_pods<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Pod> + 'a {
-        self.pods().into_iter().filter(move |p| {
-            p.node.as_deref() == Some(node) && !p.host_network && !p.ips.is_empty()
-        })
+        let mut local: Vec<&Pod> = self
+            .pods_unordered()
+            .filter(|p| p.node.as_deref() == Some(node) && !p.host_network && !p.ips.is_empty())
+            .collect();
+        local.sort_by(|a, b| a.key.cmp(&b.key));
+        local.into_iter()
     }
 
     /// The IR for every local pod of `node`.
