@@ -1,26 +1,66 @@
 //! # palisade-ir
 //!
-//! The contract between the engine and the dataplanes: for one node, every local endpoint
-//! (a pod's IPs) and, per direction, whether it is isolated and which (peer set, port set)
-//! pairs it allows. Peer sets and port sets are shared between endpoints and named by their
-//! content, so the IR of two nodes (or two moments) can be compared set by set. A content
-//! name changes when a member joins; a backend that wants a join to be an element update
-//! (nftables does) keys its kernel sets by the [`RuleOrigin`] of the rules using them and
-//! diffs elements. Every rule carries its origin so counters and logs can name the policy
-//! rule behind them.
+//! The contract between the engine and the dataplanes, and everything every dataplane
+//! needs, written once:
+//!
+//! - **The IR** ([`NodeRuleset`]): for one node, every local endpoint (a pod's addresses)
+//!   and, per direction, the rules that judge its new connections, in ordered tiers
+//!   ([`DirectionRules`]): an admin tier (allow, deny or pass, first match wins), the
+//!   NetworkPolicy tier (allow-only; isolated endpoints deny what no rule allows) and a
+//!   baseline tier. Only the NetworkPolicy tier is filled today; the others are room for
+//!   ClusterNetworkPolicy, and backends implement the general form.
+//! - **Stable set identity** ([`SetId`]): a peer set is named by its *definition* (the
+//!   policy peers that produce it), not by its members, so its id survives pods joining
+//!   and leaving. Pod addresses ([`PeerSet::addresses`]) are kept apart from ipBlock
+//!   prefixes ([`PeerSet::blocks`]): a pod joining a selector is one address, in every
+//!   backend. Port sets are named by content (their content is their definition).
+//! - **Invariants** ([`NodeRuleset::validate`]), **membership** ([`PeerSet::contains`]),
+//!   ranges as prefixes ([`cidr`]) and the **executable meaning** of a ruleset ([`eval`]):
+//!   what a conforming dataplane does with a packet, including which rule it counts.
+//! - **Diffs** ([`RulesetDiff`]): what changed between two rulesets, set by set and member
+//!   by member; backends render incremental updates from it.
+//! - **The [`Dataplane`] trait** and the one **[`Reconciler`]** that drives any backend:
+//!   applied state, full retry after a failure, periodic full resync that repairs drift.
 //!
 //! Semantics are already decided here: named ports are resolved, ipBlock excepts are
 //! subtracted, selectors are expanded to addresses. A backend must only translate: it may
 //! not depend on the model or the engine, and it must not re-decide what a policy means.
 //!
+//! ## What every backend guarantees (tested by the contract suite in palisade-lab)
+//! 1. Packets of established and related connections are accepted before any policy check
+//!    (a policy change judges new connections only); packets conntrack calls invalid are
+//!    dropped.
+//! 2. The egress of an endpoint is checked on its own node (packets from its addresses),
+//!    the ingress on its own node (packets to its addresses): pod to pod on one node passes
+//!    both checks, across nodes one on each.
+//! 3. The node's own traffic to its pods (kubelet probes) is not filtered, and a pod's
+//!    traffic to itself never leaves its network namespace.
+//! 4. Per packet, a constant number of lookups, whatever the number of policies.
+//! 5. An update is seen by packets all at once, and a failed apply leaves the previous
+//!    ruleset in force.
+//! 6. Every allowed new connection is counted on the rule [`eval`] attributes it to, every
+//!    default-deny drop on its endpoint and direction.
+//!
 //! Start at [`NodeRuleset`]; backends implement [`Dataplane`].
+
+pub mod cidr;
+mod diff;
+pub mod eval;
+mod reconcile;
+mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use cidr::IpRange;
+pub use diff::{EndpointChange, MemberDelta, RulesetDiff};
+pub use reconcile::{Reconciled, Reconciler, ReconcilerConfig};
+pub use validate::InvariantError;
 
 /// Transport protocols a rule can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -31,11 +71,22 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Sctp => "sctp",
+        }
+    }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
         }
     }
 }
@@ -49,6 +100,8 @@ pub enum Direction {
 }
 
 impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Ingress => "ingress",
@@ -57,7 +110,8 @@ impl Direction {
     }
 }
 
-/// The policy rule a compiled rule came from.
+/// The policy rule a compiled rule came from. Cluster-scoped policies (the admin and
+/// baseline tiers) have an empty `policy_namespace`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RuleOrigin {
     pub policy_namespace: String,
@@ -69,29 +123,98 @@ pub struct RuleOrigin {
 
 impl fmt::Display for RuleOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{} {}[{}]",
-            self.policy_namespace,
-            self.policy_name,
-            self.direction.as_str(),
-            self.rule_index
-        )
+        if self.policy_namespace.is_empty() {
+            write!(f, "{}", self.policy_name)?;
+        } else {
+            write!(f, "{}/{}", self.policy_namespace, self.policy_name)?;
+        }
+        write!(f, " {}[{}]", self.direction.as_str(), self.rule_index)
     }
 }
 
-/// An inclusive range of addresses of one family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct IpRange {
-    pub first: IpAddr,
-    pub last: IpAddr,
+/// The id of a set: stable for as long as what defines the set exists.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SetId(pub String);
+
+impl fmt::Display for SetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-/// Addresses a rule matches: CIDRs minus excepts and pod IPs, as sorted, disjoint,
-/// non-adjacent ranges (each family separately, IPv4 first).
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+impl SetId {
+    /// `peer_<hash>` of a definition: the engine passes what produces the set (the peers
+    /// of a policy rule, their scope, the ports a named-port group resolved to), never its
+    /// members, so the id survives membership changes.
+    pub fn peer_from_definition(definition: &str) -> SetId {
+        SetId(format!("peer_{}", short_hash(definition.as_bytes())))
+    }
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Addresses a rule matches: pod addresses, and prefixes from ipBlocks (cidr minus
+/// excepts). A packet's peer matches when it is one of the addresses or inside one of the
+/// blocks. Pods keep their own entries even when a block covers them, so that a pod
+/// joining or leaving is one element whatever the blocks are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerSet {
-    pub ranges: Vec<IpRange>,
+    pub addresses: BTreeSet<IpAddr>,
+    /// Sorted (IPv4 first, then by network), disjoint, each with its host bits zero.
+    pub blocks: Vec<IpNet>,
+}
+
+impl PeerSet {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.addresses.contains(ip) || self.blocks.iter().any(|b| b.contains(ip))
+    }
+
+    pub fn len(&self) -> usize {
+        self.addresses.len() + self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.blocks.is_empty()
+    }
+
+    /// The set as sorted, disjoint, merged ranges of one family: what an interval-keyed
+    /// backend loads.
+    pub fn ranges(&self, v6: bool) -> Vec<IpRange> {
+        let mut spans: Vec<(u128, u128)> = self
+            .addresses
+            .iter()
+            .filter(|a| a.is_ipv6() == v6)
+            .map(|a| (cidr::addr_to_u128(*a), cidr::addr_to_u128(*a)))
+            .chain(self.blocks.iter().filter(|b| b.addr().is_ipv6() == v6).map(|b| {
+                (
+                    cidr::addr_to_u128(b.network()),
+                    cidr::addr_to_u128(b.broadcast()),
+                )
+            }))
+            .collect();
+        spans.sort_unstable();
+        let mut out: Vec<(u128, u128)> = Vec::with_capacity(spans.len());
+        for (a, b) in spans {
+            match out.last_mut() {
+                Some(last) if last.1.checked_add(1).is_none_or(|n| a <= n) => {
+                    last.1 = last.1.max(b)
+                }
+                _ => out.push((a, b)),
+            }
+        }
+        out.into_iter()
+            .map(|(a, b)| IpRange {
+                first: cidr::u128_to_addr(a, v6),
+                last: cidr::u128_to_addr(b, v6),
+            })
+            .collect()
+    }
 }
 
 /// An inclusive port range of one protocol.
@@ -109,46 +232,21 @@ pub struct PortSet {
     pub ranges: Vec<PortRange>,
 }
 
-/// A content-derived name: the same content always gets the same name, on every node.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SetName(pub String);
-
-impl fmt::Display for SetName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl PeerSet {
-    pub fn name(&self) -> SetName {
-        let mut h = Sha256::new();
-        for r in &self.ranges {
-            h.update(format!("{}-{};", r.first, r.last));
-        }
-        SetName(format!("peer_{}", &hex(&h.finalize())[..12]))
-    }
-
-    pub fn v4(&self) -> impl Iterator<Item = &IpRange> {
-        self.ranges.iter().filter(|r| r.first.is_ipv4())
-    }
-
-    pub fn v6(&self) -> impl Iterator<Item = &IpRange> {
-        self.ranges.iter().filter(|r| r.first.is_ipv6())
-    }
-}
-
 impl PortSet {
-    pub fn name(&self) -> SetName {
-        let mut h = Sha256::new();
+    /// Port sets are named by content: `port_<hash>`.
+    pub fn id(&self) -> SetId {
+        let mut text = String::new();
         for r in &self.ranges {
-            h.update(format!("{}:{}-{};", r.protocol.as_str(), r.first, r.last));
+            text.push_str(&format!("{}:{}-{};", r.protocol.as_str(), r.first, r.last));
         }
-        SetName(format!("port_{}", &hex(&h.finalize())[..12]))
+        SetId(format!("port_{}", short_hash(text.as_bytes())))
     }
-}
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    pub fn contains(&self, protocol: Protocol, port: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|r| r.protocol == protocol && r.first <= port && port <= r.last)
+    }
 }
 
 /// What a rule matches on the peer side.
@@ -156,17 +254,18 @@ fn hex(bytes: &[u8]) -> String {
 pub enum PeerMatch {
     /// Every address (`from`/`to` absent or empty).
     Any,
-    Set(SetName),
+    Set(SetId),
 }
 
 /// What a rule matches on the port side (the destination port of the connection).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PortMatch {
-    /// Every protocol and port (`ports` absent or empty).
+    /// Every protocol and port (`ports` absent or empty), ICMP included.
     Any,
-    Set(SetName),
+    Set(SetId),
 }
 
+/// A NetworkPolicy rule: it only ever allows.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct AllowRule {
     pub peers: PeerMatch,
@@ -174,14 +273,57 @@ pub struct AllowRule {
     pub origin: RuleOrigin,
 }
 
-/// One direction of one endpoint. Not isolated: everything is allowed and `rules` is empty.
-/// Isolated: only what some rule allows passes (no rules = deny all).
+/// What a rule of the admin or baseline tier does with a packet it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Action {
+    Allow,
+    Deny,
+    /// Admin tier only: skip the rest of the admin tier, let NetworkPolicy decide.
+    Pass,
+}
+
+/// A rule of an ordered tier: the first one that matches decides.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TierRule {
+    pub action: Action,
+    pub peers: PeerMatch,
+    pub ports: PortMatch,
+    pub origin: RuleOrigin,
+}
+
+/// One direction of one endpoint, in the order a packet meets the tiers:
+/// 1. `admin`, in order: the first matching rule allows, denies, or passes to step 2;
+/// 2. NetworkPolicy: when `isolated`, a packet some rule of `rules` matches is allowed and
+///    any other is denied (no rules: deny all); when not isolated, go on to step 3;
+/// 3. `baseline`, in order: the first matching rule allows or denies;
+/// 4. otherwise allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DirectionRules {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin: Vec<TierRule>,
     pub isolated: bool,
     /// Policies (namespace/name) that isolate this direction, for logs and explanations.
     pub isolated_by: Vec<String>,
+    /// The NetworkPolicy tier; empty unless `isolated`.
     pub rules: Vec<AllowRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline: Vec<TierRule>,
+}
+
+impl DirectionRules {
+    /// Does any tier judge this direction? If not, the backend needs no check at all.
+    pub fn is_filtered(&self) -> bool {
+        self.isolated || !self.admin.is_empty() || !self.baseline.is_empty()
+    }
+
+    /// Every peer and port match of every tier, with the origin of its rule.
+    pub fn matches(&self) -> impl Iterator<Item = (&PeerMatch, &PortMatch, &RuleOrigin)> {
+        self.admin
+            .iter()
+            .map(|r| (&r.peers, &r.ports, &r.origin))
+            .chain(self.rules.iter().map(|r| (&r.peers, &r.ports, &r.origin)))
+            .chain(self.baseline.iter().map(|r| (&r.peers, &r.ports, &r.origin)))
+    }
 }
 
 /// A local pod as the dataplane sees it.
@@ -210,8 +352,8 @@ pub struct NodeRuleset {
     pub node: String,
     /// Keyed by endpoint name.
     pub endpoints: BTreeMap<String, Endpoint>,
-    pub peer_sets: BTreeMap<SetName, PeerSet>,
-    pub port_sets: BTreeMap<SetName, PortSet>,
+    pub peer_sets: BTreeMap<SetId, PeerSet>,
+    pub port_sets: BTreeMap<SetId, PortSet>,
 }
 
 impl NodeRuleset {
@@ -220,17 +362,24 @@ impl NodeRuleset {
         let mut peers = BTreeSet::new();
         let mut ports = BTreeSet::new();
         for ep in self.endpoints.values() {
-            for rule in ep.ingress.rules.iter().chain(&ep.egress.rules) {
-                if let PeerMatch::Set(n) = &rule.peers {
-                    peers.insert(n.clone());
-                }
-                if let PortMatch::Set(n) = &rule.ports {
-                    ports.insert(n.clone());
+            for d in Direction::BOTH {
+                for (peer, port, _) in ep.direction(d).matches() {
+                    if let PeerMatch::Set(n) = peer {
+                        peers.insert(n.clone());
+                    }
+                    if let PortMatch::Set(n) = port {
+                        ports.insert(n.clone());
+                    }
                 }
             }
         }
         self.peer_sets.retain(|n, _| peers.contains(n));
         self.port_sets.retain(|n, _| ports.contains(n));
+    }
+
+    /// The endpoint holding `ip`, if any.
+    pub fn endpoint_of(&self, ip: &IpAddr) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| e.ips.contains(ip))
     }
 
     pub fn stats(&self) -> RulesetStats {
@@ -239,15 +388,16 @@ impl NodeRuleset {
             rules: self
                 .endpoints
                 .values()
-                .map(|e| e.ingress.rules.len() + e.egress.rules.len())
+                .map(|e| {
+                    Direction::BOTH
+                        .iter()
+                        .map(|d| e.direction(*d).matches().count())
+                        .sum::<usize>()
+                })
                 .sum(),
             peer_sets: self.peer_sets.len(),
             port_sets: self.port_sets.len(),
-            set_elements: self
-                .peer_sets
-                .values()
-                .map(|s| s.ranges.len())
-                .sum::<usize>()
+            set_elements: self.peer_sets.values().map(PeerSet::len).sum::<usize>()
                 + self
                     .port_sets
                     .values()
@@ -274,8 +424,17 @@ pub enum DataplaneError {
         action: String,
         message: String,
     },
-    #[error("dataplane: {0}")]
-    Other(String),
+    #[error("{backend}: the ruleset breaks an IR invariant: {source}")]
+    Invalid {
+        backend: &'static str,
+        #[source]
+        source: InvariantError,
+    },
+    #[error("{backend}: {what} is not supported by this backend")]
+    Unsupported {
+        backend: &'static str,
+        what: &'static str,
+    },
 }
 
 /// What an apply did, for metrics.
@@ -287,21 +446,45 @@ pub struct ApplyReport {
     pub operations: usize,
 }
 
+/// Packet counters a backend keeps, read back from the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// New connections allowed, per policy rule.
+    pub allowed: BTreeMap<RuleOrigin, Count>,
+    /// New connections dropped by default deny, per (endpoint, direction).
+    pub default_deny: BTreeMap<(String, Direction), Count>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// A dataplane backend: translates the IR and applies it atomically.
 pub trait Dataplane: Send {
     fn name(&self) -> &'static str;
     /// Replaces whatever this backend owns with `desired`, in one transaction.
     fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError>;
-    /// Moves from `current` (what was last applied) to `desired`, touching only what
-    /// changed. The default replaces everything, which is always correct.
+    /// Moves the kernel from `current` (what was last applied) to `desired`, touching
+    /// only what `diff` (= `RulesetDiff::between(current, desired)`) names, in one
+    /// transaction. The default replaces everything, which is always correct.
     fn apply_update(
         &mut self,
         current: &NodeRuleset,
         desired: &NodeRuleset,
+        diff: &RulesetDiff,
     ) -> Result<ApplyReport, DataplaneError> {
-        let _ = current;
+        let _ = (current, diff);
         self.apply_full(desired)
     }
     /// Removes everything this backend installed.
     fn remove(&mut self) -> Result<(), DataplaneError>;
+    /// The packet counters of what is installed.
+    fn counters(&mut self) -> Result<Counters, DataplaneError> {
+        Err(DataplaneError::Unsupported {
+            backend: self.name(),
+            what: "reading counters",
+        })
+    }
 }
