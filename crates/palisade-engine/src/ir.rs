@@ -2,7 +2,7 @@
 //! selectors expanded to addresses, ipBlock excepts subtracted, named ports resolved.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use palisade_ir as ir;
@@ -30,9 +30,11 @@ fn ir_direction(d: Direction) -> ir::Direction {
     }
 }
 
-/// Address ranges per family as integers (IPv4 widened to u128), merged on output.
+/// A peer set under construction: pod addresses apart, ipBlock ranges per family as
+/// integers (IPv4 widened to u128), merged and cut into prefixes on output.
 #[derive(Debug, Default, Clone)]
 struct AddressRanges {
+    addresses: BTreeSet<IpAddr>,
     v4: Vec<(u128, u128)>,
     v6: Vec<(u128, u128)>,
 }
@@ -72,13 +74,10 @@ fn subtract(ranges: &mut Vec<(u128, u128)>, c: u128, d: u128) {
 
 fn block_ranges(block: &IpBlock) -> Vec<(u128, u128)> {
     let span = |net: &IpNet| -> (u128, u128) {
-        match net {
-            IpNet::V4(n) => (
-                u32::from(n.network()).into(),
-                u32::from(n.broadcast()).into(),
-            ),
-            IpNet::V6(n) => (n.network().into(), n.broadcast().into()),
-        }
+        (
+            ir::cidr::addr_to_u128(net.network()),
+            ir::cidr::addr_to_u128(net.broadcast()),
+        )
     };
     let mut r = vec![span(&block.cidr)];
     for e in &block.except {
@@ -90,10 +89,7 @@ fn block_ranges(block: &IpBlock) -> Vec<(u128, u128)> {
 
 impl AddressRanges {
     fn add_ip(&mut self, ip: IpAddr) {
-        match ip {
-            IpAddr::V4(a) => self.v4.push((u32::from(a).into(), u32::from(a).into())),
-            IpAddr::V6(a) => self.v6.push((a.into(), a.into())),
-        }
+        self.addresses.insert(ip);
     }
 
     fn add_block(&mut self, block: &IpBlock) {
@@ -107,16 +103,18 @@ impl AddressRanges {
     fn into_peer_set(mut self) -> ir::PeerSet {
         merge(&mut self.v4);
         merge(&mut self.v6);
-        let v4 = self.v4.into_iter().map(|(a, b)| ir::IpRange {
-            first: IpAddr::V4(Ipv4Addr::from(a as u32)),
-            last: IpAddr::V4(Ipv4Addr::from(b as u32)),
-        });
-        let v6 = self.v6.into_iter().map(|(a, b)| ir::IpRange {
-            first: IpAddr::V6(Ipv6Addr::from(a)),
-            last: IpAddr::V6(Ipv6Addr::from(b)),
-        });
+        let ranges: Vec<ir::IpRange> = [(self.v4, false), (self.v6, true)]
+            .into_iter()
+            .flat_map(|(spans, v6)| {
+                spans.into_iter().map(move |(a, b)| ir::IpRange {
+                    first: ir::cidr::u128_to_addr(a, v6),
+                    last: ir::cidr::u128_to_addr(b, v6),
+                })
+            })
+            .collect();
         ir::PeerSet {
-            ranges: v4.chain(v6).collect(),
+            addresses: self.addresses,
+            blocks: ir::cidr::ranges_to_cidrs(&ranges),
         }
     }
 }
@@ -227,7 +225,7 @@ impl PeerCache {
                 || (!taken.is_empty()
                     && entries
                         .iter()
-                        .any(|e| taken.iter().any(|ip| set_contains(&e.set, ip))));
+                        .any(|e| taken.iter().any(|ip| e.set.contains(ip))));
             !touched
         });
     }
@@ -255,24 +253,20 @@ impl PeerCache {
 #[derive(Debug, Clone)]
 struct NamedPeers {
     ports: PortRanges,
-    name: ir::SetName,
+    name: ir::SetId,
     set: ir::PeerSet,
 }
 
 impl NamedPeers {
-    fn new(ports: PortRanges, set: ir::PeerSet) -> Self {
+    /// The id names the definition (the rule's peers and scope, and for a named-port
+    /// group the ports it resolved to), never the members: it survives pods joining.
+    fn new(def: &PeersDef, ports: PortRanges, set: ir::PeerSet) -> Self {
         NamedPeers {
+            name: ir::SetId::peer_from_definition(&format!("{def:?}\n{ports:?}")),
             ports,
-            name: set.name(),
             set,
         }
     }
-}
-
-fn set_contains(set: &ir::PeerSet, ip: &IpAddr) -> bool {
-    set.ranges
-        .iter()
-        .any(|r| r.first.is_ipv4() == ip.is_ipv4() && r.first <= *ip && *ip <= r.last)
 }
 
 /// Compiles one node, with caches shared across its endpoints.
@@ -421,7 +415,7 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
                 })
                 .collect(),
         };
-        let name = set.name();
+        let name = set.id();
         self.out.port_sets.entry(name.clone()).or_insert(set);
         self.port_matches
             .insert(ports.clone(), ir::PortMatch::Set(name.clone()));
@@ -489,12 +483,13 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
         }
         let sets = if def.named.is_empty() {
             vec![NamedPeers::new(
+                &def,
                 PortRanges::all(),
                 self.rule_addresses(ns, rule).into_peer_set(),
             )]
         } else {
             let named: Vec<&palisade_model::PortMatch> = def.named.iter().collect();
-            self.named_port_sets(ns, rule, &named)
+            self.named_port_sets(&def, ns, rule, &named)
         };
         self.cache.sets.insert(def, sets.clone());
         sets
@@ -504,6 +499,7 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
     /// alike share one rule. ipBlock destinations never match.
     fn named_port_sets(
         &mut self,
+        def: &PeersDef,
         ns: &'a str,
         rule: &'a Rule,
         named_ports: &[&palisade_model::PortMatch],
@@ -521,7 +517,7 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
         }
         groups
             .into_iter()
-            .map(|(ports, addresses)| NamedPeers::new(ports, addresses.into_peer_set()))
+            .map(|(ports, addresses)| NamedPeers::new(def, ports, addresses.into_peer_set()))
             .collect()
     }
 
@@ -601,6 +597,9 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
             isolated: !isolating.is_empty(),
             isolated_by: isolating.iter().map(|p| p.key.to_string()).collect(),
             rules,
+            // NetworkPolicy fills its own tier only; the admin and baseline tiers are for
+            // cluster-scoped policy APIs.
+            ..Default::default()
         };
         self.endpoint_rules.insert(memo_key, done.clone());
         done
@@ -665,7 +664,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn except_is_subtracted_into_ranges() {
+    fn except_is_subtracted_into_prefixes() {
         let block = IpBlock {
             cidr: "10.0.0.0/8".parse().unwrap(),
             except: vec![
@@ -676,29 +675,30 @@ mod tests {
         let mut r = AddressRanges::default();
         r.add_block(&block);
         let set = r.into_peer_set();
-        let text: Vec<String> = set
-            .ranges
-            .iter()
-            .map(|r| format!("{}-{}", r.first, r.last))
-            .collect();
-        assert_eq!(text, ["10.0.0.0-10.0.255.255", "10.2.0.0-10.255.255.254"]);
+        let text: Vec<String> = set.blocks.iter().map(ToString::to_string).collect();
+        assert_eq!(text.first().map(String::as_str), Some("10.0.0.0/16"));
+        assert_eq!(text.get(1).map(String::as_str), Some("10.2.0.0/15"));
+        assert_eq!(text.last().map(String::as_str), Some("10.255.255.254/32"));
+        for probe in ["10.1.2.3", "10.255.255.255", "11.0.0.0"] {
+            assert!(!set.contains(&probe.parse().unwrap()), "{probe}");
+        }
+        for probe in ["10.0.0.1", "10.2.0.0", "10.255.255.254"] {
+            assert!(set.contains(&probe.parse().unwrap()), "{probe}");
+        }
     }
 
     #[test]
-    fn adjacent_pod_addresses_merge() {
+    fn pod_addresses_stay_apart_from_blocks() {
         let mut r = AddressRanges::default();
-        for ip in ["10.0.0.2", "10.0.0.1", "10.0.0.4", "fd00::1"] {
+        for ip in ["10.0.0.2", "10.0.0.1", "fd00::1"] {
             r.add_ip(ip.parse().unwrap());
         }
+        r.add_block(&IpBlock {
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            except: vec![],
+        });
         let set = r.into_peer_set();
-        let text: Vec<String> = set
-            .ranges
-            .iter()
-            .map(|r| format!("{}-{}", r.first, r.last))
-            .collect();
-        assert_eq!(
-            text,
-            ["10.0.0.1-10.0.0.2", "10.0.0.4-10.0.0.4", "fd00::1-fd00::1"]
-        );
+        assert_eq!(set.addresses.len(), 3);
+        assert_eq!(set.blocks, vec!["10.0.0.0/24".parse::<IpNet>().unwrap()]);
     }
 }

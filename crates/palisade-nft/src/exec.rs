@@ -1,7 +1,7 @@
 //! The one seam to the kernel: a script goes in, nft's output comes out. [`SystemNft`] runs
 //! the real `nft`; [`FakeNft`] records scripts for tests.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
@@ -146,13 +146,26 @@ impl NftExecutor for SystemNft {
     }
 }
 
-/// Records every script instead of running it. Answers `Ok("")` unless told otherwise with
-/// [`FakeNft::push_result`].
+/// A stateful stand-in for nft and the kernel: it interprets the statements Palisade
+/// renders (tables, chains, rules, sets, maps, elements) into an in-memory table, applies
+/// each script as one transaction (all or nothing), and fails where the kernel would
+/// (a missing object, a deleted element that is not there, an object still referenced,
+/// an element key added twice with another value). `list table` prints the state in a
+/// canonical form, so tests compare what an update and a full apply *leave behind*.
+/// Failures can also be injected with [`FakeNft::push_failure`].
 #[derive(Debug, Default, Clone)]
 pub struct FakeNft {
     /// Every script received, in order (including failed ones).
     pub scripts: Vec<String>,
-    results: VecDeque<Result<String, String>>,
+    tables: BTreeMap<String, FakeTable>,
+    failures: VecDeque<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct FakeTable {
+    chains: BTreeMap<String, Vec<String>>,
+    /// name -> (declaration, element key -> whole element)
+    sets: BTreeMap<String, (String, BTreeMap<String, String>)>,
 }
 
 impl FakeNft {
@@ -160,28 +173,199 @@ impl FakeNft {
         FakeNft::default()
     }
 
-    /// Queues the answer to the next unanswered script: `Err(message)` makes it fail as
-    /// nft would (as [`NftError::Failed`] with `message` as stderr).
-    pub fn push_result(&mut self, result: Result<String, String>) {
-        self.results.push_back(result);
+    /// Makes the next script fail as nft would, with `message` as stderr (and no change).
+    pub fn push_failure(&mut self, message: impl Into<String>) {
+        self.failures.push_back(message.into());
     }
 
     pub fn last(&self) -> Option<&str> {
         self.scripts.last().map(String::as_str)
     }
+
+    /// The canonical text of a table, or `None` when it does not exist.
+    pub fn table(&self, name: &str) -> Option<String> {
+        self.tables.get(name).map(FakeTable::dump)
+    }
+
+    fn failed(stderr: String) -> NftError {
+        NftError::Failed {
+            command: "nft -f - (fake)".to_string(),
+            status: "exit status: 1".to_string(),
+            stderr,
+        }
+    }
+}
+
+impl FakeTable {
+    fn dump(&self) -> String {
+        let mut out = String::new();
+        for (name, (decl, elements)) in &self.sets {
+            out.push_str(&format!("{decl} {name}\n"));
+            for e in elements.values() {
+                out.push_str(&format!("\t{e}\n"));
+            }
+        }
+        for (name, rules) in &self.chains {
+            out.push_str(&format!("chain {name}\n"));
+            for r in rules {
+                out.push_str(&format!("\t{r}\n"));
+            }
+        }
+        out
+    }
+
+    /// Is `needle` (a chain name, or `@set`) used by a rule of another chain or an element?
+    fn referenced(&self, needle: &str) -> bool {
+        self.chains
+            .iter()
+            .filter(|(name, _)| *name != needle)
+            .flat_map(|(_, rules)| rules)
+            .any(|r| r.split_whitespace().any(|w| w == needle))
+            || self
+                .sets
+                .values()
+                .flat_map(|(_, e)| e.values())
+                .any(|e| e.split_whitespace().any(|w| w == needle))
+    }
+}
+
+/// Splits a script into statements: `#` lines dropped, lines joined while braces are open.
+fn statements(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0i32;
+    for line in script.lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(line);
+        depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+        if depth <= 0 {
+            out.push(std::mem::take(&mut current));
+            depth = 0;
+        }
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+fn element_key(element: &str) -> String {
+    element.split_once(" : ").map_or(element, |(k, _)| k).trim().to_string()
+}
+
+/// `{ a, b }` -> [a, b]
+fn brace_list(text: &str) -> Vec<String> {
+    let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
+    inner.split(',').map(|e| e.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|e| !e.is_empty()).collect()
+}
+
+fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Result<Option<String>, String> {
+    let words: Vec<&str> = stmt.split_whitespace().collect();
+    let (verb, what) = (words.first().copied().unwrap_or(""), words.get(1).copied().unwrap_or(""));
+    if what == "table" {
+        let name = words.get(3).ok_or("table name missing")?.to_string();
+        return match verb {
+            "add" | "table" => {
+                tables.entry(name).or_default();
+                Ok(None)
+            }
+            "delete" => tables.remove(&name).map(|_| None).ok_or(format!("No such file or directory: table {name}")),
+            "list" => tables.get(&name).map(|t| Some(t.dump())).ok_or(format!("No such file or directory: table {name}")),
+            _ => Err(format!("unsupported statement: {stmt}")),
+        };
+    }
+    if words.get(2) != Some(&"inet") {
+        return Err(format!("unsupported statement: {stmt}"));
+    }
+    let table_name = words.get(3).ok_or("table name missing")?;
+    let name = words.get(4).ok_or("object name missing")?.to_string();
+    let table = tables.get_mut(*table_name).ok_or(format!("No such file or directory: table {table_name}"))?;
+    let rest = words.get(5..).map(|w| w.join(" ")).unwrap_or_default();
+    match (verb, what) {
+        ("add", "chain") => {
+            table.chains.entry(name).or_default();
+        }
+        ("add", "rule") => {
+            for w in rest.split_whitespace() {
+                if let Some(set) = w.strip_prefix('@')
+                    && !table.sets.contains_key(set)
+                {
+                    return Err(format!("No such file or directory: set {set}"));
+                }
+            }
+            for pair in rest.split_whitespace().collect::<Vec<_>>().windows(2) {
+                if matches!(pair[0], "goto" | "jump") && !table.chains.contains_key(pair[1]) {
+                    return Err(format!("No such file or directory: chain {}", pair[1]));
+                }
+            }
+            table.chains.get_mut(&name).ok_or(format!("No such file or directory: chain {name}"))?.push(rest);
+        }
+        ("flush", "chain") => table.chains.get_mut(&name).ok_or(format!("No such file or directory: chain {name}"))?.clear(),
+        ("delete", "chain") => {
+            if table.referenced(&name) {
+                return Err(format!("Device or resource busy: chain {name} is still referenced"));
+            }
+            table.chains.remove(&name).ok_or(format!("No such file or directory: chain {name}"))?;
+        }
+        ("add", "set" | "map") => {
+            let body = rest.trim().trim_start_matches('{').trim_end_matches('}');
+            let (decl_part, elements) = match body.split_once("elements =") {
+                Some((d, e)) => (d, brace_list(e)),
+                None => (body, Vec::new()),
+            };
+            let decl = format!("{what} {}", decl_part.split_whitespace().collect::<Vec<_>>().join(" "));
+            let (existing_decl, set) = table.sets.entry(name.clone()).or_insert_with(|| (decl.clone(), BTreeMap::new()));
+            if *existing_decl != decl {
+                return Err(format!("File exists: {name} is declared as `{existing_decl}`"));
+            }
+            for e in elements {
+                let key = element_key(&e);
+                if set.get(&key).is_some_and(|old| *old != e) {
+                    return Err(format!("File exists: element {key} of {name}"));
+                }
+                set.insert(key, e);
+            }
+        }
+        ("flush", "set" | "map") => table.sets.get_mut(&name).ok_or(format!("No such file or directory: {what} {name}"))?.1.clear(),
+        ("delete", "set" | "map") => {
+            if table.referenced(&format!("@{name}")) {
+                return Err(format!("Device or resource busy: {what} {name} is still referenced"));
+            }
+            table.sets.remove(&name).ok_or(format!("No such file or directory: {what} {name}"))?;
+        }
+        ("delete", "element") => {
+            let set = &mut table.sets.get_mut(&name).ok_or(format!("No such file or directory: set {name}"))?.1;
+            for key in brace_list(&rest) {
+                set.remove(&key).ok_or(format!("No such file or directory: element {key} of {name}"))?;
+            }
+        }
+        _ => return Err(format!("unsupported statement: {stmt}")),
+    }
+    Ok(None)
 }
 
 impl NftExecutor for FakeNft {
     fn run(&mut self, script: &str) -> Result<String, NftError> {
         self.scripts.push(script.to_string());
-        match self.results.pop_front() {
-            None => Ok(String::new()),
-            Some(Ok(out)) => Ok(out),
-            Some(Err(stderr)) => Err(NftError::Failed {
-                command: "nft -f - (fake)".to_string(),
-                status: "exit status: 1".to_string(),
-                stderr,
-            }),
+        if let Some(stderr) = self.failures.pop_front() {
+            return Err(FakeNft::failed(stderr));
         }
+        let mut next = self.tables.clone();
+        let mut output = String::new();
+        for stmt in statements(script) {
+            match apply_statement(&mut next, &stmt) {
+                Ok(Some(out)) => output.push_str(&out),
+                Ok(None) => {}
+                Err(e) => return Err(FakeNft::failed(format!("Error: {e}\n{stmt}"))),
+            }
+        }
+        self.tables = next;
+        Ok(output)
     }
 }

@@ -4,46 +4,50 @@
 //! nothing else: it translates a [`NodeRuleset`] into that table and applies it, always in
 //! one `nft -f` transaction, so the kernel never holds half a ruleset.
 //!
-//! What it must not do: decide what a policy means. Isolation, peers, ports (named ports
-//! included) and excepts are already resolved in the IR; this crate only maps them onto
-//! nft objects. It depends on `palisade-ir` alone, never on the model or the engine.
+//! What it must not do: decide what a policy means, or name sets. Isolation, peers, ports
+//! (named ports included), excepts, tiers, set identity and the diff come from
+//! `palisade-ir`; this crate only maps them onto nft objects. It depends on `palisade-ir`
+//! alone, never on the model or the engine.
 //!
 //! ## The table
 //! - base chain `forward` (hook forward, policy accept): established/related accept, invalid
-//!   drop, then the *egress* dispatch on the source address and the *ingress* dispatch on the
-//!   destination address, through verdict maps `egress_v4`/`_v6` and `ingress_v4`/`_v6`
+//!   drop, then the *egress* dispatch on the source address and the *ingress* dispatch on
+//!   the destination address, through verdict maps `egress_v4`/`_v6` and `ingress_v4`/`_v6`
 //!   (endpoint address -> `jump <direction>_<endpoint>_<hash>`).
-//! - one chain per endpoint and isolated direction: one rule per allow rule (and family),
-//!   with its [`palisade_ir::RuleOrigin`] as comment, then `counter drop` (default deny).
-//!   Egress chains `return` on allow so the destination's ingress check still runs (pod to
-//!   pod on one node passes both); ingress chains `accept`. Directions that are not
-//!   isolated have no chain and no map entry.
-//! - named interval sets: `peer_<hash>_v4`/`_v6` (addresses), named by the policy rule that
-//!   uses them, so a pod joining a selector is an element update, not a chain rewrite; and
-//!   `port_<hash>` (`inet_proto . inet_service`), the IR's content name. See `names.rs`.
+//! - one chain per endpoint and filtered direction. Its NetworkPolicy tier is **one
+//!   lookup per family**: `ip saddr . meta l4proto . th dport vmap @np_<class>_v4` (a
+//!   concatenated interval map shared by every endpoint with the same rules), plus `ip
+//!   saddr vmap @npany_<class>_v4` when a rule takes every port (protocols without ports,
+//!   ICMP), then `counter drop` (default deny, counted per endpoint and direction).
+//!   Egress chains `return` on allow so the destination's ingress check still runs.
+//! - one *rule chain* per policy rule (`allow_<hash>`, comment = its [`palisade_ir::RuleOrigin`]):
+//!   `counter accept` (ingress) or `counter return` (egress). Class map elements `goto`
+//!   them, so every allowed new connection is counted on the rule [`palisade_ir::eval`]
+//!   attributes it to (the compiler resolves overlaps: elements are disjoint).
+//! - admin and baseline tiers (empty for NetworkPolicy) render as ordered rules over sets
+//!   named by the IR's set ids.
 //!
 //! Established and related packets are accepted before any policy check: a policy change
-//! judges new connections only, established ones live on until conntrack forgets them
-//! (DESIGN §12). Packets conntrack marks invalid are dropped.
-//!
-//! The node's own traffic to its pods (kubelet probes) goes through the output hook, not
-//! forward, so it always passes. Traffic from a pod to the node itself (input hook) is not
-//! filtered either.
+//! judges new connections only. The node's own traffic to its pods goes through the output
+//! hook, not forward, so it always passes.
 //!
 //! ## Where to start reading
-//! [`render_full`] and [`render_update`] (pure, in `render.rs`); [`NftDataplane`] applies them
-//! through an [`NftExecutor`]: [`SystemNft`] for the real kernel, [`FakeNft`] for tests.
-//! The golden files in `tests/golden/` show what the rendered table looks like.
+//! `plan.rs` (IR -> kernel objects), `render.rs` (objects -> full script or update), then
+//! [`NftDataplane`], which applies them through an [`NftExecutor`]: [`SystemNft`] for the
+//! real kernel, [`FakeNft`] (a stateful stand-in) for tests.
 
 mod exec;
-mod names;
+mod plan;
 mod render;
-mod validate;
 
-use palisade_ir::{ApplyReport, Dataplane, DataplaneError, NodeRuleset};
+use std::collections::BTreeSet;
+
+use palisade_ir::{
+    ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff, SetId,
+};
 
 pub use exec::{FakeNft, NftError, NftExecutor, SystemNft};
-pub use validate::{RenderError, validate};
+use plan::{CounterOwner, Plan, Planner};
 
 /// Backend settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,43 +64,55 @@ impl Default for Config {
     }
 }
 
-/// The whole table as one `nft -f` script: it creates the table if missing, deletes it and
-/// re-creates it with every object, in one transaction. Deterministic: the same ruleset
-/// always renders to the same text.
-pub fn render_full(desired: &NodeRuleset, config: &Config) -> String {
-    render::full_script(desired, config).text
+fn plan_of(rs: &NodeRuleset) -> Plan {
+    Planner {
+        rs,
+        reuse: None,
+        changed_sets: &BTreeSet::new(),
+    }
+    .plan()
 }
 
-/// One `nft -f` transaction that moves a table holding `current` (as installed by
-/// [`render_full`] or a previous update) to `desired`, touching only what changed: set
-/// elements, new and removed sets, changed endpoint chains (flushed and refilled), map
-/// entries. Empty when nothing changed.
+/// The whole table as one `nft -f` script: it creates the table if missing, deletes it and
+/// re-creates it with every object, in one transaction. Deterministic.
+pub fn render_full(desired: &NodeRuleset, config: &Config) -> String {
+    render::full(&plan_of(desired), &desired.node, &config.table).text
+}
+
+/// One `nft -f` transaction that moves a table holding `current` to `desired`, touching
+/// only what changed. Empty when nothing changed.
 pub fn render_update(current: &NodeRuleset, desired: &NodeRuleset, config: &Config) -> String {
-    render::update_script(current, desired, config).text
+    render::update(&plan_of(current), &plan_of(desired), &config.table).text
 }
 
 /// Deletes the table if it exists, in one transaction that never fails on a missing table.
 pub fn render_remove(config: &Config) -> String {
     let t = &config.table;
-    format!("table inet {t}\ndelete table inet {t}\n")
+    format!("add table inet {t}\ndelete table inet {t}\n")
 }
 
 const BACKEND: &str = "nft";
 
 /// The nftables [`Dataplane`].
 ///
-/// `apply_update` sends only the diff; if nft rejects it (the kernel no longer holds
-/// `current`, e.g. someone edited the table), it falls back to a full replace, which is
-/// always correct, and reports `full: true`.
+/// It keeps the plan it last applied, so an update rebuilds only the class maps whose
+/// sets changed. If nft rejects an update (the kernel no longer holds what was applied,
+/// e.g. someone edited the table), it falls back to a full replace, which is always
+/// correct, and reports `full: true`.
 #[derive(Debug)]
 pub struct NftDataplane<E: NftExecutor> {
     executor: E,
     config: Config,
+    applied: Option<Plan>,
 }
 
 impl<E: NftExecutor> NftDataplane<E> {
     pub fn new(executor: E, config: Config) -> NftDataplane<E> {
-        NftDataplane { executor, config }
+        NftDataplane {
+            executor,
+            config,
+            applied: None,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -116,7 +132,11 @@ impl<E: NftExecutor> NftDataplane<E> {
     }
 
     fn check(&self, rs: &NodeRuleset, action: &str) -> Result<(), DataplaneError> {
-        validate(rs, &self.config).map_err(|e| failed(action, e.to_string()))
+        if !plan::is_identifier(&self.config.table) {
+            return Err(failed(action, format!("{:?} is not a valid nft table name", self.config.table)));
+        }
+        rs.validate()
+            .map_err(|source| DataplaneError::Invalid { backend: BACKEND, source })
     }
 }
 
@@ -136,10 +156,12 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
     fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
         let action = format!("full apply of table inet {}", self.config.table);
         self.check(desired, &action)?;
-        let script = render::full_script(desired, &self.config);
+        let plan = plan_of(desired);
+        let script = render::full(&plan, &desired.node, &self.config.table);
         self.executor
             .run(&script.text)
             .map_err(|e| failed(&action, e.to_string()))?;
+        self.applied = Some(plan);
         Ok(ApplyReport {
             full: true,
             operations: script.operations,
@@ -150,21 +172,39 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
         &mut self,
         current: &NodeRuleset,
         desired: &NodeRuleset,
+        diff: &RulesetDiff,
     ) -> Result<ApplyReport, DataplaneError> {
         let action = format!("update of table inet {}", self.config.table);
         self.check(desired, &action)?;
-        let script = render::update_script(current, desired, &self.config);
+        let old = self.applied.take().unwrap_or_else(|| plan_of(current));
+        let changed_sets: BTreeSet<SetId> = diff
+            .peer_set_members
+            .keys()
+            .chain(diff.peer_sets_added.keys())
+            .cloned()
+            .collect();
+        let new = Planner {
+            rs: desired,
+            reuse: Some(&old),
+            changed_sets: &changed_sets,
+        }
+        .plan();
+        let script = render::update(&old, &new, &self.config.table);
         if script.operations == 0 {
+            self.applied = Some(new);
             return Ok(ApplyReport {
                 full: false,
                 operations: 0,
             });
         }
         match self.executor.run(&script.text) {
-            Ok(_) => Ok(ApplyReport {
-                full: false,
-                operations: script.operations,
-            }),
+            Ok(_) => {
+                self.applied = Some(new);
+                Ok(ApplyReport {
+                    full: false,
+                    operations: script.operations,
+                })
+            }
             Err(e) => {
                 tracing::warn!(
                     table = %self.config.table,
@@ -178,15 +218,87 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
 
     fn remove(&mut self) -> Result<(), DataplaneError> {
         let action = format!("removal of table inet {}", self.config.table);
-        if !names::is_identifier(&self.config.table) {
-            return Err(failed(
-                &action,
-                format!("{:?} is not a valid nft table name", self.config.table),
-            ));
+        if !plan::is_identifier(&self.config.table) {
+            return Err(failed(&action, format!("{:?} is not a valid nft table name", self.config.table)));
         }
         self.executor
             .run(&render_remove(&self.config))
-            .map(|_| ())
-            .map_err(|e| failed(&action, e.to_string()))
+            .map_err(|e| failed(&action, e.to_string()))?;
+        self.applied = None;
+        Ok(())
+    }
+
+    fn counters(&mut self) -> Result<Counters, DataplaneError> {
+        let action = format!("reading the counters of table inet {}", self.config.table);
+        let Some(plan) = &self.applied else {
+            return Ok(Counters::default());
+        };
+        let listing = self
+            .executor
+            .list_table(&self.config.table)
+            .map_err(|e| failed(&action, e.to_string()))?;
+        let mut counters = Counters::default();
+        for (chain, count) in parse_chain_counters(&listing) {
+            match plan.chains.get(&chain).and_then(|c| c.counter.clone()) {
+                Some(CounterOwner::Rule(origin)) => {
+                    let c = counters.allowed.entry(origin).or_default();
+                    c.packets += count.packets;
+                    c.bytes += count.bytes;
+                }
+                Some(CounterOwner::DefaultDeny(endpoint, direction)) => {
+                    counters.default_deny.insert((endpoint, direction), count);
+                }
+                None => {}
+            }
+        }
+        Ok(counters)
+    }
+}
+
+/// `chain NAME {` ... `counter packets N bytes M` from `nft list table`: the (last)
+/// counter of each chain. Palisade's chains hold at most one counter each.
+fn parse_chain_counters(listing: &str) -> Vec<(String, Count)> {
+    let mut out = Vec::new();
+    let mut chain: Option<String> = None;
+    for line in listing.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"chain") {
+            chain = words.get(1).map(|s| s.to_string());
+            continue;
+        }
+        if let (Some(name), Some(i)) = (&chain, words.iter().position(|w| *w == "counter")) {
+            let number = |key: &str| {
+                words
+                    .iter()
+                    .skip(i)
+                    .position(|w| *w == key)
+                    .and_then(|p| words.get(i + p + 1))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            out.push((
+                name.clone(),
+                Count {
+                    packets: number("packets"),
+                    bytes: number("bytes"),
+                },
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_per_chain() {
+        let listing = "table inet palisade {\n\tchain allow_abc {\n\t\tcomment \"x\"\n\t\tcounter packets 3 bytes 180 accept comment \"ns/p ingress[0]\"\n\t}\n\tchain ingress_ns_a_1234 {\n\t\tip saddr . meta l4proto . th dport vmap @np_x_v4\n\t\tcounter packets 0 bytes 0 drop comment \"default deny: ns/p\"\n\t}\n}\n";
+        let got = parse_chain_counters(listing);
+        assert_eq!(got, vec![
+            ("allow_abc".to_string(), Count { packets: 3, bytes: 180 }),
+            ("ingress_ns_a_1234".to_string(), Count { packets: 0, bytes: 0 }),
+        ]);
     }
 }

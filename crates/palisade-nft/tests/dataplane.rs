@@ -1,14 +1,26 @@
-//! `NftDataplane` over `FakeNft`: what reaches the executor, and when.
+//! `NftDataplane` over the stateful `FakeNft`: what reaches the executor, what the table
+//! holds afterwards, and that an update leaves exactly what a full apply leaves.
 
 mod common;
 
 use common::{Rs, peers, ruleset};
 use palisade_ir::Direction::Ingress;
-use palisade_ir::{Dataplane, DataplaneError, PeerMatch, SetName};
-use palisade_nft::{Config, FakeNft, NftDataplane, render_full, render_update};
+use palisade_ir::{Dataplane, NodeRuleset, PeerMatch, RulesetDiff, SetId};
+use palisade_nft::{Config, FakeNft, NftDataplane, render_full};
 
 fn dataplane() -> NftDataplane<FakeNft> {
     NftDataplane::new(FakeNft::new(), Config::default())
+}
+
+fn update(dp: &mut NftDataplane<FakeNft>, a: &NodeRuleset, b: &NodeRuleset) -> palisade_ir::ApplyReport {
+    dp.apply_update(a, b, &RulesetDiff::between(a, b)).expect("apply_update")
+}
+
+/// The table a full apply of `rs` leaves in a fresh fake.
+fn full_state(rs: &NodeRuleset) -> String {
+    let mut dp = dataplane();
+    dp.apply_full(rs).expect("apply_full");
+    dp.executor().table("palisade").expect("table exists")
 }
 
 #[test]
@@ -17,79 +29,80 @@ fn apply_full_sends_the_full_render_once() {
     let mut dp = dataplane();
     let report = dp.apply_full(&rs).expect("apply_full");
     assert!(report.full);
-    assert!(report.operations > rs.stats().rules, "{report:?}");
-    assert_eq!(
-        dp.executor().scripts,
-        vec![render_full(&rs, &Config::default())]
-    );
+    assert!(report.operations > rs.stats().endpoints, "{report:?}");
+    assert_eq!(dp.executor().scripts, vec![render_full(&rs, &Config::default())]);
 }
 
 #[test]
-fn apply_update_sends_only_the_diff() {
-    let fixtures = common::fixtures();
-    let (a, b) = (&fixtures[1].1, &common::combined());
+fn update_equals_full_as_table_state_for_every_pair_and_random_chains() {
+    let mut scenarios: Vec<NodeRuleset> = vec![NodeRuleset::default()];
+    scenarios.extend(common::fixtures().into_iter().map(|(_, rs)| rs));
+    scenarios.push(common::combined());
+    for seed in 0..40 {
+        scenarios.push(common::random_ruleset(seed));
+    }
+    let expected: Vec<String> = scenarios.iter().map(full_state).collect();
+    for (i, a) in scenarios.iter().enumerate() {
+        for (j, b) in scenarios.iter().enumerate().step_by(3) {
+            let mut dp = dataplane();
+            dp.apply_full(a).unwrap();
+            let report = update(&mut dp, a, b);
+            assert!(!report.full, "{i}->{j}: fell back to a full apply: {:?}", dp.executor().last());
+            let got = dp.executor().table("palisade").unwrap();
+            assert!(got == expected[j], "{i} -> {j}: update differs from full:\n{}", common::diff(&expected[j], &got));
+        }
+    }
+    // A long chain of updates never drifts from what a full apply would hold.
     let mut dp = dataplane();
-    let report = dp.apply_update(a, b).expect("apply_update");
-    assert!(!report.full);
-    let script = render_update(a, b, &Config::default());
-    assert_eq!(report.operations, script.lines().count());
-    assert_eq!(dp.executor().scripts, vec![script]);
+    dp.apply_full(&scenarios[0]).unwrap();
+    for w in scenarios.windows(2) {
+        update(&mut dp, &w[0], &w[1]);
+    }
+    assert_eq!(dp.executor().table("palisade").unwrap(), *expected.last().unwrap());
 }
 
 #[test]
 fn apply_update_without_changes_runs_nothing() {
     let rs = common::combined();
     let mut dp = dataplane();
-    let report = dp.apply_update(&rs, &rs).expect("apply_update");
-    assert_eq!((report.full, report.operations), (false, 0));
-    assert!(dp.executor().scripts.is_empty());
+    dp.apply_full(&rs).unwrap();
+    let report = update(&mut dp, &rs, &rs);
+    assert_eq!(report.operations, 0);
+    assert_eq!(dp.executor().scripts.len(), 1);
 }
 
 #[test]
 fn rejected_update_falls_back_to_a_full_replace() {
     let fixtures = common::fixtures();
-    let (a, b) = (&fixtures[0].1, &fixtures[1].1);
+    let (a, b) = (&fixtures[1].1, &common::combined());
     let mut dp = dataplane();
-    dp.executor_mut()
-        .push_result(Err("Error: No such file or directory".to_string()));
-    let report = dp.apply_update(a, b).expect("fallback");
-    assert!(report.full);
-    let scripts = &dp.executor().scripts;
-    assert_eq!(scripts.len(), 2);
-    assert_eq!(scripts[0], render_update(a, b, &Config::default()));
-    assert_eq!(scripts[1], render_full(b, &Config::default()));
+    dp.apply_full(a).unwrap();
+    dp.executor_mut().push_failure("Error: Could not process rule: No such file or directory");
+    let report = update(&mut dp, a, b);
+    assert!(report.full, "{report:?}");
+    assert_eq!(dp.executor().table("palisade").unwrap(), full_state(b));
 }
 
 #[test]
-fn failed_full_apply_names_backend_and_table() {
+fn failed_full_apply_leaves_the_previous_table_and_names_backend_and_table() {
+    let fixtures = common::fixtures();
     let mut dp = dataplane();
-    dp.executor_mut()
-        .push_result(Err("Error: Operation not permitted".to_string()));
-    let err = dp.apply_full(&common::combined()).expect_err("must fail");
-    let text = err.to_string();
-    assert!(
-        matches!(err, DataplaneError::Apply { backend: "nft", .. }),
-        "{err:?}"
-    );
-    assert!(
-        text.contains("table inet palisade") && text.contains("Operation not permitted"),
-        "{text}"
-    );
+    dp.apply_full(&fixtures[1].1).unwrap();
+    let before = dp.executor().table("palisade");
+    dp.executor_mut().push_failure("Error: boom");
+    let err = dp.apply_full(&common::combined()).expect_err("injected").to_string();
+    assert!(err.starts_with("nft: full apply of table inet palisade failed"), "{err}");
+    assert!(err.contains("boom"), "{err}");
+    assert_eq!(dp.executor().table("palisade"), before);
 }
 
 #[test]
 fn remove_deletes_the_table_tolerating_its_absence() {
-    let mut dp = NftDataplane::new(
-        FakeNft::new(),
-        Config {
-            table: "pal_test".to_string(),
-        },
-    );
+    let mut dp = dataplane();
+    dp.remove().expect("no table yet");
+    dp.apply_full(&common::combined()).unwrap();
     dp.remove().expect("remove");
-    assert_eq!(
-        dp.executor().last(),
-        Some("table inet pal_test\ndelete table inet pal_test\n")
-    );
+    assert_eq!(dp.executor().table("palisade"), None);
 }
 
 #[test]
@@ -98,17 +111,10 @@ fn invalid_rulesets_never_reach_nft() {
         let mut rs = ruleset()
             .endpoint("default/web", &["10.0.1.10"])
             .isolate("default/web", Ingress, &["default/p"])
-            .allow(
-                "default/web",
-                Ingress,
-                Some(peers(&["10.0.2.1"])),
-                None,
-                "default/p",
-                0,
-            )
+            .allow("default/web", Ingress, Some(peers(&["10.0.2.1"])), None, "default/p", 0)
             .build();
         rs.endpoints.get_mut("default/web").unwrap().ingress.rules[0].peers =
-            PeerMatch::Set(SetName("peer_missing".to_string()));
+            PeerMatch::Set(SetId("peer_missing".to_string()));
         rs
     };
     let shared_ip = ruleset()
@@ -118,48 +124,29 @@ fn invalid_rulesets_never_reach_nft() {
     let mut overlapping = Rs(ruleset().0)
         .endpoint("default/web", &["10.0.1.10"])
         .isolate("default/web", Ingress, &["default/p"])
-        .allow(
-            "default/web",
-            Ingress,
-            Some(peers(&["10.0.2.0/24"])),
-            None,
-            "default/p",
-            0,
-        )
+        .allow("default/web", Ingress, Some(peers(&["10.0.2.0/24"])), None, "default/p", 0)
         .build();
     for set in overlapping.peer_sets.values_mut() {
-        set.ranges.push(common::cidr("10.0.2.7"));
+        set.blocks.push("10.0.2.0/25".parse().unwrap());
     }
     let cases = [
-        (
-            "dangling set reference",
-            dangling,
-            "no peer set peer_missing",
-        ),
-        (
-            "address on two endpoints",
-            shared_ip,
-            "10.0.1.10 also belongs to endpoint default/a",
-        ),
-        ("overlapping ranges", overlapping, "overlaps"),
+        ("dangling set reference", dangling, "no peer set peer_missing"),
+        ("address on two endpoints", shared_ip, "10.0.1.10 also belongs to endpoint default/a"),
+        ("overlapping blocks", overlapping, "sorted and disjoint"),
     ];
     for (name, rs, expected) in cases {
         let mut dp = dataplane();
         let err = dp.apply_full(&rs).expect_err(name).to_string();
         assert!(err.contains(expected), "{name}: {err}");
+        let empty = NodeRuleset::default();
         let err = dp
-            .apply_update(&Default::default(), &rs)
+            .apply_update(&empty, &rs, &RulesetDiff::between(&empty, &rs))
             .expect_err(name)
             .to_string();
         assert!(err.contains(expected), "{name}: {err}");
         assert!(dp.executor().scripts.is_empty(), "{name}: reached nft");
     }
-    let mut dp = NftDataplane::new(
-        FakeNft::new(),
-        Config {
-            table: "bad name".to_string(),
-        },
-    );
+    let mut dp = NftDataplane::new(FakeNft::new(), Config { table: "bad name".to_string() });
     assert!(dp.apply_full(&Default::default()).is_err());
     assert!(dp.remove().is_err());
     assert!(dp.executor().scripts.is_empty());

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use palisade_nft::{Config, render_full, validate};
+use palisade_nft::{Config, render_full};
 
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,7 +18,7 @@ fn golden_files_match() {
     let update = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
     let mut failures = Vec::new();
     for (name, rs) in common::fixtures() {
-        validate(&rs, &Config::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        rs.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         let rendered = render_full(&rs, &Config::default());
         assert_eq!(
             rendered,

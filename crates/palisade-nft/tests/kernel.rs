@@ -6,7 +6,7 @@ mod common;
 use common::{Netns, Rs, canonical, frontend, peers, ports, ruleset, shared_peer_set, tcp};
 use palisade_ir::Dataplane;
 use palisade_ir::Direction::{Egress, Ingress};
-use palisade_ir::NodeRuleset;
+use palisade_ir::{NodeRuleset, RulesetDiff};
 use palisade_nft::{Config, NftDataplane, NftExecutor, SystemNft, render_full, render_update};
 
 const TABLE: &str = "palisade";
@@ -38,13 +38,9 @@ fn scenarios() -> Vec<(String, NodeRuleset)> {
             .build(),
     ));
     let mut bigger = frontend();
-    bigger.ranges = common::normalize(
-        bigger
-            .ranges
-            .into_iter()
-            .chain(peers(&["10.0.2.12", "10.0.2.30", "fd00::30"]).ranges)
-            .collect(),
-    );
+    bigger
+        .addresses
+        .extend(peers(&["10.0.2.12", "10.0.2.30", "fd00::30"]).addresses);
     out.push((
         "shared_peer_set, pods joined".to_string(),
         shared_peer_set(bigger),
@@ -168,18 +164,19 @@ fn dataplane_applies_falls_back_and_removes() {
     assert!(report.full && report.operations > 0);
     assert_same_state("apply_full", &reference[0], &state(dp.executor_mut()));
 
-    let report = dp.apply_update(a, b).expect("apply_update");
+    let report = dp
+        .apply_update(a, b, &RulesetDiff::between(a, b))
+        .expect("apply_update");
     assert!(!report.full, "{report:?}");
     assert_same_state("apply_update", &reference[1], &state(dp.executor_mut()));
 
-    // Claim a `current` the kernel does not hold: nft rejects the diff (it deletes what is
-    // not there) and the dataplane replaces the whole table instead.
-    let stale = Rs(b.clone())
-        .endpoint("default/ghost", &["10.0.7.7"])
-        .isolate("default/ghost", Ingress, &["default/deny-all"])
-        .build();
+    // Someone deleted the table behind the dataplane's back: nft rejects the diff (it
+    // touches what is not there) and the dataplane replaces the whole table instead.
+    dp.executor_mut()
+        .run("delete table inet palisade\n")
+        .expect("delete the table by hand");
     let report = dp
-        .apply_update(&stale, a)
+        .apply_update(b, a, &RulesetDiff::between(b, a))
         .expect("apply_update with fallback");
     assert!(report.full, "{report:?}");
     assert_same_state("fallback", &reference[0], &state(dp.executor_mut()));

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use palisade_ir::{
     AllowRule, Direction, DirectionRules, Endpoint, IpRange, NodeRuleset, PeerMatch, PeerSet,
-    PortMatch, PortRange, PortSet, Protocol, RuleOrigin,
+    PortMatch, PortRange, PortSet, Protocol, RuleOrigin, SetId,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -118,16 +118,19 @@ pub fn except(cidr_s: &str, excepts: &[&str]) -> Vec<IpRange> {
     out
 }
 
-/// Peer set from addresses and CIDRs.
+/// Peer set from addresses (pod addresses) and CIDRs (blocks).
 pub fn peers(items: &[&str]) -> PeerSet {
-    PeerSet {
-        ranges: normalize(items.iter().map(|s| cidr(s)).collect()),
-    }
+    let (addrs, nets): (Vec<&str>, Vec<&str>) = items.iter().partition(|s| !s.contains('/'));
+    let mut set = peer_ranges(nets.iter().map(|s| cidr(s)).collect());
+    set.addresses = addrs.iter().map(|s| ip(s)).collect();
+    set
 }
 
+/// Peer set of blocks covering exactly `ranges`.
 pub fn peer_ranges(ranges: Vec<IpRange>) -> PeerSet {
     PeerSet {
-        ranges: normalize(ranges),
+        addresses: Default::default(),
+        blocks: palisade_ir::cidr::ranges_to_cidrs(&normalize(ranges)),
     }
 }
 
@@ -214,7 +217,7 @@ impl Rs {
 
     /// Adds an allow rule; `policy` is `ns/name`.
     pub fn allow(
-        mut self,
+        self,
         ep: &str,
         d: Direction,
         peer_set: Option<PeerSet>,
@@ -222,18 +225,38 @@ impl Rs {
         policy: &str,
         rule_index: usize,
     ) -> Rs {
-        let peers = match peer_set {
-            None => PeerMatch::Any,
-            Some(p) => {
-                let n = p.name();
+        // A hand-built set is defined by its content; `allow_in` names one explicitly.
+        let id = peer_set
+            .as_ref()
+            .map(|p| format!("content {:?} {:?}", p.addresses, p.blocks));
+        self.allow_in(ep, d, id.as_deref(), peer_set, port_set, policy, rule_index)
+    }
+
+    /// [`Rs::allow`] with the peer set's definition named by the caller: the same
+    /// `definition` keeps one set id while its members change.
+    #[allow(clippy::too_many_arguments)]
+    pub fn allow_in(
+        mut self,
+        ep: &str,
+        d: Direction,
+        definition: Option<&str>,
+        peer_set: Option<PeerSet>,
+        port_set: Option<PortSet>,
+        policy: &str,
+        rule_index: usize,
+    ) -> Rs {
+        let peers = match (peer_set, definition) {
+            (Some(p), Some(def)) => {
+                let n = SetId::peer_from_definition(def);
                 self.0.peer_sets.insert(n.clone(), p);
                 PeerMatch::Set(n)
             }
+            _ => PeerMatch::Any,
         };
         let ports = match port_set {
             None => PortMatch::Any,
             Some(p) => {
-                let n = p.name();
+                let n = p.id();
                 self.0.port_sets.insert(n.clone(), p);
                 PortMatch::Set(n)
             }
