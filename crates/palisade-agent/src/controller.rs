@@ -8,32 +8,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade_engine::ClusterState;
-use palisade_engine::ir::PeerCache;
-use palisade_ir::{Dataplane, DataplaneError, NodeRuleset};
+pub use palisade_engine::Kind;
+use palisade_engine::{ClusterState, LiveState};
+use palisade_ir::{Dataplane, DataplaneError, Reconciled, Reconciler, ReconcilerConfig};
 use palisade_model::{Key, Object};
 
 use crate::metrics::Metrics;
-
-/// The kinds the agent watches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Namespace,
-    Pod,
-    NetworkPolicy,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::NetworkPolicy => "NetworkPolicy",
-        }
-    }
-}
 
 /// What a source saw.
 #[derive(Debug, Clone)]
@@ -112,16 +92,12 @@ impl Health {
 
 pub struct Controller {
     node: String,
-    state: ClusterState,
-    /// Peer sets kept between batches; told of every pod and namespace change.
-    peer_cache: PeerCache,
-    dataplane: Box<dyn Dataplane>,
-    applied: Option<NodeRuleset>,
-    /// The last apply failed: the next one replaces everything.
-    retry: bool,
+    live: LiveState,
+    reconciler: Reconciler,
     synced_kinds: BTreeSet<Kind>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    counters_read: Option<Instant>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -133,29 +109,61 @@ impl std::fmt::Debug for Controller {
 }
 
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the dataplane's per-rule counters are read into /metrics.
+const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Controller {
     pub fn new(
         node: String,
         dataplane: Box<dyn Dataplane>,
+        reconciler: ReconcilerConfig,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
         Controller {
             node,
-            state: ClusterState::new(),
-            peer_cache: PeerCache::default(),
-            dataplane,
-            applied: None,
-            retry: false,
+            live: LiveState::new(),
+            reconciler: Reconciler::new(dataplane, reconciler),
             synced_kinds: BTreeSet::new(),
             metrics,
             health,
+            counters_read: None,
         }
     }
 
     pub fn state(&self) -> &ClusterState {
-        &self.state
+        self.live.state()
+    }
+
+    fn synced(&self) -> bool {
+        self.synced_kinds.len() == Kind::ALL.len()
+    }
+
+    /// Work due without an event: a retry after a failed apply, the periodic resync, a
+    /// counter read. Returns how long the loop may wait for the next event.
+    fn housekeeping(&mut self) -> Duration {
+        if !self.synced() {
+            return Duration::from_millis(200);
+        }
+        let now = Instant::now();
+        if self.reconciler.failing() || self.reconciler.resync_due_at().is_some_and(|at| now >= at) {
+            self.sync(&[]);
+        }
+        if self.counters_read.is_none_or(|at| now >= at + COUNTERS_INTERVAL) {
+            self.counters_read = Some(now);
+            match self.reconciler.counters() {
+                Ok(c) => self.metrics.set_counters(&c),
+                Err(e) => tracing::debug!(error = %e, "counters not read"),
+            }
+        }
+        if self.reconciler.failing() {
+            return RETRY_INTERVAL;
+        }
+        let until_resync = self
+            .reconciler
+            .resync_due_at()
+            .map_or(Duration::MAX, |at| at.saturating_duration_since(Instant::now()));
+        until_resync.min(COUNTERS_INTERVAL).max(Duration::from_millis(10))
     }
 
     /// Consumes events until `stop` fires (or every source is gone and `stop` fires).
@@ -171,29 +179,17 @@ impl Controller {
             if stop.try_recv().is_ok() {
                 break;
             }
+            let wait = self.housekeeping();
             if sources_gone {
-                // Keep the rules in place; just wait to be told to stop.
-                if stop.recv_timeout(RETRY_INTERVAL).is_ok() {
+                // Keep the rules in place (retrying and resyncing); wait to be told to stop.
+                if stop.recv_timeout(wait.min(RETRY_INTERVAL)).is_ok() {
                     break;
-                }
-                if self.retry {
-                    self.sync(&[]);
                 }
                 continue;
             }
-            let wait = if self.retry {
-                RETRY_INTERVAL
-            } else {
-                Duration::from_millis(200)
-            };
             let first = match events.recv_timeout(wait) {
                 Ok(e) => e,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.retry {
-                        self.sync(&[]);
-                    }
-                    continue;
-                }
+                Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
                     sources_gone = true;
                     continue;
@@ -215,52 +211,26 @@ impl Controller {
                     Err(_) => break,
                 }
             }
-            if self.synced_kinds.len() == Kind::ALL.len() {
+            if self.synced() {
                 self.sync(&arrived);
             }
         }
         if cleanup_on_exit {
             tracing::info!("removing rules (--cleanup-on-exit)");
-            self.dataplane.remove()?;
+            self.reconciler.remove()?;
         } else {
             tracing::info!("leaving rules in place");
         }
         Ok(())
     }
 
-    /// Feeds one change into the engine state (and tells the peer cache what it touches).
+    /// Feeds one change into the engine state.
     pub fn apply_change(&mut self, change: Change) {
-        match &change {
-            Change::Apply(Object::Pod(new)) => {
-                let old = self.state.pod(&new.key).cloned();
-                self.peer_cache
-                    .pod_changed(&self.state, old.as_ref(), Some(new));
-            }
-            Change::Delete(Kind::Pod, key) => {
-                let old = self.state.pod(key).cloned();
-                self.peer_cache.pod_changed(&self.state, old.as_ref(), None);
-            }
-            Change::Apply(Object::Namespace(_)) | Change::Delete(Kind::Namespace, _) => {
-                self.peer_cache.namespaces_changed();
-            }
-            Change::Replace(..) => self.peer_cache.clear(),
-            Change::Apply(Object::NetworkPolicy(_)) | Change::Delete(Kind::NetworkPolicy, _) => {}
-        }
         match change {
-            Change::Apply(object) => {
-                self.state.apply(object);
-            }
-            Change::Delete(Kind::Namespace, key) => {
-                self.state.delete_namespace(&key.name);
-            }
-            Change::Delete(Kind::Pod, key) => {
-                self.state.delete_pod(&key);
-            }
-            Change::Delete(Kind::NetworkPolicy, key) => {
-                self.state.delete_policy(&key);
-            }
+            Change::Apply(object) => self.live.apply(object),
+            Change::Delete(kind, key) => self.live.delete(kind, &key),
             Change::Replace(kind, objects) => {
-                self.replace(kind, objects);
+                self.live.reset_kind(kind, objects);
                 if self.synced_kinds.insert(kind) {
                     tracing::info!(kind = kind.as_str(), "initial list received");
                 }
@@ -268,70 +238,13 @@ impl Controller {
         }
     }
 
-    fn replace(&mut self, kind: Kind, objects: Vec<Object>) {
-        let mut keep = BTreeSet::new();
-        for o in &objects {
-            keep.insert(match o {
-                Object::Namespace(n) => Key::new("", &n.name),
-                Object::Pod(p) => p.key.clone(),
-                Object::NetworkPolicy(p) => p.key.clone(),
-            });
-        }
-        match kind {
-            Kind::Namespace => {
-                let gone: Vec<String> = self
-                    .state
-                    .declared_namespaces()
-                    .filter(|n| !keep.contains(&Key::new("", *n)))
-                    .map(str::to_string)
-                    .collect();
-                gone.iter().for_each(|n| {
-                    self.state.delete_namespace(n);
-                });
-            }
-            Kind::Pod => {
-                let gone: Vec<Key> = self
-                    .state
-                    .pods()
-                    .iter()
-                    .map(|p| p.key.clone())
-                    .filter(|k| !keep.contains(k))
-                    .collect();
-                gone.iter().for_each(|k| {
-                    self.state.delete_pod(k);
-                });
-            }
-            Kind::NetworkPolicy => {
-                let gone: Vec<Key> = self
-                    .state
-                    .policies()
-                    .iter()
-                    .map(|p| p.key.clone())
-                    .filter(|k| !keep.contains(k))
-                    .collect();
-                gone.iter().for_each(|k| {
-                    self.state.delete_policy(k);
-                });
-            }
-        }
-        for o in objects {
-            self.state.apply(o);
-        }
-    }
-
-    /// Compiles the node and moves the dataplane there.
+    /// Compiles the node and has the reconciler move the dataplane there.
     fn sync(&mut self, arrived: &[Instant]) {
         let started = Instant::now();
-        let desired = self
-            .state
-            .compile_node_with(&self.node, &mut self.peer_cache);
-        let result = match (&self.applied, self.retry) {
-            (Some(current), false) if *current == desired => Ok(None),
-            (Some(current), false) => self.dataplane.apply_update(current, &desired).map(Some),
-            _ => self.dataplane.apply_full(&desired).map(Some),
-        };
-        match result {
-            Ok(report) => {
+        let desired = self.live.compile_node(&self.node);
+        let stats = desired.stats();
+        match self.reconciler.reconcile(desired) {
+            Ok(outcome) => {
                 let done = Instant::now();
                 self.metrics
                     .sync_duration
@@ -341,9 +254,11 @@ impl Controller {
                         .event_to_applied
                         .observe((done - *at).as_secs_f64());
                 }
-                if let Some(report) = report {
-                    let stats = desired.stats();
-                    self.metrics.applies.inc();
+                if let Reconciled::Applied { report, element_changes } = outcome {
+                    // An apply that sent nothing to the kernel is not counted.
+                    if report.full || report.operations > 0 {
+                        self.metrics.applies.inc();
+                    }
                     self.metrics.rules.set(stats.rules as i64);
                     self.metrics
                         .sets
@@ -353,20 +268,19 @@ impl Controller {
                     tracing::info!(
                         full = report.full,
                         operations = report.operations,
+                        element_changes,
+                        generation = self.reconciler.generation(),
                         endpoints = stats.endpoints,
                         rules = stats.rules,
                         elapsed_ms = (done - started).as_secs_f64() * 1000.0,
                         "applied"
                     );
                 }
-                self.applied = Some(desired);
-                self.retry = false;
                 self.health.set_synced();
             }
             Err(e) => {
                 self.metrics.apply_errors.inc();
-                self.retry = true;
-                tracing::error!(error = %e, "apply failed; the previous rules stay in place, retrying");
+                tracing::error!(error = %e, "apply failed; the previous rules stay in place, retrying in full");
             }
         }
     }
@@ -377,7 +291,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc::{Sender, channel};
 
-    use palisade_ir::ApplyReport;
+    use palisade_ir::{ApplyReport, NodeRuleset};
     use palisade_model::{Labels, Namespace, NetworkPolicy, Pod};
 
     use super::*;
@@ -404,6 +318,7 @@ mod tests {
             &mut self,
             _: &NodeRuleset,
             desired: &NodeRuleset,
+            _: &palisade_ir::RulesetDiff,
         ) -> Result<ApplyReport, DataplaneError> {
             self.record(format!("update {}", desired.endpoints.len()))?;
             Ok(ApplyReport {
@@ -421,7 +336,11 @@ mod tests {
             if self.failures_left.load(Ordering::SeqCst) > 0 {
                 self.failures_left.fetch_sub(1, Ordering::SeqCst);
                 self.calls.lock().unwrap().push(format!("FAILED {call}"));
-                return Err(DataplaneError::Other("injected".into()));
+                return Err(DataplaneError::Apply {
+                    backend: "recorder",
+                    action: "apply".into(),
+                    message: "injected".into(),
+                });
             }
             self.calls.lock().unwrap().push(call);
             Ok(())
@@ -494,6 +413,7 @@ mod tests {
         let c = Controller::new(
             "n1".into(),
             Box::new(rec.clone()),
+            ReconcilerConfig::default(),
             Arc::new(Metrics::new()),
             health.clone(),
         );
@@ -584,6 +504,7 @@ mod tests {
         let mut c = Controller::new(
             "n1".into(),
             Box::new(Recorder::default()),
+            ReconcilerConfig::default(),
             Arc::new(Metrics::new()),
             health,
         );

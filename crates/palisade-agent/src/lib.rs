@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub cleanup_on_exit: bool,
     /// Backoff cap for watch retries.
     pub max_backoff: Duration,
+    /// How often a full apply repairs drift (someone editing or flushing the rules).
+    pub resync_every: Option<Duration>,
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -114,6 +116,9 @@ pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(
     let controller = Controller::new(
         config.node.clone(),
         dataplane,
+        palisade_ir::ReconcilerConfig {
+            resync_every: config.resync_every,
+        },
         metrics.clone(),
         health.clone(),
     );

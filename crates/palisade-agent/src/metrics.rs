@@ -24,7 +24,16 @@ pub struct Metrics {
     pub apply_errors: Counter,
     pub invalid_objects: Counter,
     pub applies: Counter,
+    /// New connections allowed per policy rule, as the dataplane counts them.
+    pub rule_packets: Family<RuleLabels, Gauge>,
+    /// New connections dropped by default deny, per local endpoint and direction.
+    pub default_deny_packets: Family<EndpointLabels, Gauge>,
 }
+
+/// One policy rule: bounded by the rules of the policies selecting local pods.
+type RuleLabels = Vec<(String, String)>;
+/// One local endpoint and direction: bounded by the node's pods.
+type EndpointLabels = Vec<(String, String)>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -48,6 +57,8 @@ impl Metrics {
             apply_errors: Counter::default(),
             invalid_objects: Counter::default(),
             applies: Counter::default(),
+            rule_packets: Family::default(),
+            default_deny_packets: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -91,7 +102,21 @@ impl Metrics {
             "Objects rejected by validation (the last valid version is kept)",
             m.invalid_objects.clone(),
         );
-        registry.register("applies", "Successful dataplane applies", m.applies.clone());
+        registry.register(
+            "applies",
+            "Successful dataplane applies that changed the kernel",
+            m.applies.clone(),
+        );
+        registry.register(
+            "rule_allowed_packets",
+            "New connections allowed, per policy rule (read from the dataplane's counters)",
+            m.rule_packets.clone(),
+        );
+        registry.register(
+            "default_deny_dropped_packets",
+            "New connections dropped by default deny, per local endpoint and direction",
+            m.default_deny_packets.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -99,6 +124,29 @@ impl Metrics {
         self.watch_restarts
             .get_or_create(&vec![("kind".to_string(), kind.to_string())])
             .inc();
+    }
+
+    /// Replaces the per-rule and per-endpoint counter series with what the dataplane
+    /// reports now (series of rules and endpoints that are gone disappear).
+    pub fn set_counters(&self, counters: &palisade_ir::Counters) {
+        self.rule_packets.clear();
+        for (origin, count) in &counters.allowed {
+            let labels = vec![
+                ("namespace".to_string(), origin.policy_namespace.clone()),
+                ("policy".to_string(), origin.policy_name.clone()),
+                ("direction".to_string(), origin.direction.as_str().to_string()),
+                ("rule".to_string(), origin.rule_index.to_string()),
+            ];
+            self.rule_packets.get_or_create(&labels).set(count.packets as i64);
+        }
+        self.default_deny_packets.clear();
+        for ((endpoint, direction), count) in &counters.default_deny {
+            let labels = vec![
+                ("endpoint".to_string(), endpoint.clone()),
+                ("direction".to_string(), direction.as_str().to_string()),
+            ];
+            self.default_deny_packets.get_or_create(&labels).set(count.packets as i64);
+        }
     }
 
     /// The text exposition format.

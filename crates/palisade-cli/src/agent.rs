@@ -52,6 +52,10 @@ pub struct AgentArgs {
     /// Upper bound of the retry backoff when the API server is unreachable (milliseconds).
     #[arg(long, default_value_t = 5000)]
     pub max_backoff_ms: u64,
+    /// Re-apply the whole ruleset this often (seconds), undoing any edit or flush of
+    /// Palisade's own rules by someone else; 0 disables it.
+    #[arg(long, default_value_t = 300)]
+    pub resync_interval_s: u64,
     /// Remove the rules when stopping. Default: leave them, so a node never opens up
     /// because its agent restarts.
     #[arg(long)]
@@ -89,6 +93,8 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         listen: Some(args.listen),
         cleanup_on_exit: args.cleanup_on_exit,
         max_backoff: Duration::from_millis(args.max_backoff_ms),
+        resync_every: (args.resync_interval_s > 0)
+            .then(|| Duration::from_secs(args.resync_interval_s)),
     };
     let dataplane = make_dataplane(args.backend, args.netns.as_deref(), &args.table);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -18,7 +18,8 @@ use palisade_nft::{NftDataplane, SystemNft};
 
 use crate::analysis::{PortArg, render_matrix};
 
-/// The dataplanes this binary can drive.
+/// The dataplanes this binary can drive: the one place that knows every backend (`apply`,
+/// `agent`, `lab conformance` and `demo` all choose through it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
     /// nftables: one `inet` table per node, applied atomically (the default).
@@ -26,6 +27,7 @@ pub enum Backend {
 }
 
 /// Builds a backend that applies inside `netns` (None = this process's namespace).
+/// `table` names the kernel objects the backend owns.
 pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box<dyn Dataplane> {
     match backend {
         Backend::Nft => {
@@ -38,6 +40,20 @@ pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box
             };
             Box::new(NftDataplane::new(exec, config))
         }
+    }
+}
+
+/// What `apply --dry-run` prints: the backend's full transaction for `ruleset`, with the
+/// counters in it (one per policy rule, one per endpoint's default deny).
+pub fn render_dry_run(backend: Backend, ruleset: &NodeRuleset, table: &str) -> anyhow::Result<String> {
+    ruleset.validate()?;
+    match backend {
+        Backend::Nft => Ok(palisade_nft::render_full(
+            ruleset,
+            &palisade_nft::Config {
+                table: table.to_string(),
+            },
+        )),
     }
 }
 
@@ -81,12 +97,8 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     match args.backend {
-        Backend::Nft if args.dry_run => {
-            let config = palisade_nft::Config {
-                table: args.table.clone(),
-            };
-            palisade_nft::validate(&ruleset, &config)?;
-            print!("{}", palisade_nft::render_full(&ruleset, &config));
+        backend if args.dry_run => {
+            print!("{}", render_dry_run(backend, &ruleset, &args.table)?);
         }
         backend => {
             let mut dp = make_dataplane(backend, args.netns.as_deref(), &args.table);

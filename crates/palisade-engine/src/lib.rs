@@ -17,11 +17,13 @@
 pub mod connlist;
 pub mod ir;
 pub mod lint;
+pub mod live;
 pub mod matching;
 pub mod ports;
 pub mod state;
 pub mod verdict;
 
+pub use live::{Kind, LiveState};
 pub use ports::PortRanges;
 pub use state::ClusterState;
 pub use verdict::{Endpoint, Explanation, Flow, SideVerdict};

@@ -129,7 +129,7 @@ fn an_address_taken_over_leaves_the_cached_sets() {
     check(&state, &mut cache, "after the takeover");
     let rs = state.compile_node_with("n1", &mut cache);
     assert!(
-        rs.peer_sets.values().all(|s| s.ranges.is_empty()),
+        rs.peer_sets.values().all(|s| s.is_empty()),
         "10.0.0.1 now belongs to a pod the policy does not allow: {:?}",
         rs.peer_sets
     );

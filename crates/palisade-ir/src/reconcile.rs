@@ -46,6 +46,8 @@ pub struct Reconciler {
     config: ReconcilerConfig,
     applied: Option<NodeRuleset>,
     needs_full: bool,
+    /// The last attempt failed (the first one included).
+    failed: bool,
     generation: u64,
     last_full: Option<Instant>,
     last_apply_completed: Option<Instant>,
@@ -68,6 +70,7 @@ impl Reconciler {
             config,
             applied: None,
             needs_full: true,
+            failed: false,
             generation: 0,
             last_full: None,
             last_apply_completed: None,
@@ -92,9 +95,9 @@ impl Reconciler {
         self.last_apply_completed
     }
 
-    /// True after a failed apply, until a full apply succeeds.
+    /// True after a failed apply (or a refused ruleset), until an apply succeeds.
     pub fn failing(&self) -> bool {
-        self.needs_full && self.applied.is_some()
+        self.failed
     }
 
     /// When the next periodic full apply is due (`None`: never, or not applied yet).
@@ -108,7 +111,7 @@ impl Reconciler {
         desired
             .validate()
             .map_err(|source| DataplaneError::Invalid { backend, source })
-            .inspect_err(|_| self.needs_full = true)?;
+            .inspect_err(|_| self.failed = true)?;
         let resync_due = self.resync_due_at().is_some_and(|at| Instant::now() >= at);
         let outcome = match (&self.applied, self.needs_full || resync_due) {
             (Some(current), false) => {
@@ -140,12 +143,14 @@ impl Reconciler {
                 self.last_apply_completed = Some(now);
                 self.generation += 1;
                 self.needs_full = false;
+                self.failed = false;
                 self.applied = Some(desired);
             }
-            Ok(Reconciled::Unchanged) => {}
+            Ok(Reconciled::Unchanged) => self.failed = false,
             Err(e) => {
                 tracing::warn!(backend, error = %e, "apply failed; the previous ruleset stays in force");
                 self.needs_full = true;
+                self.failed = true;
             }
         }
         outcome
@@ -239,10 +244,13 @@ mod tests {
     fn full_first_then_diffs_nothing_when_equal_and_full_after_a_failure() {
         let log = Log::default();
         let mut r = Reconciler::new(Box::new(log.clone()), ReconcilerConfig { resync_every: None });
+        *log.fail.lock().unwrap() = 1;
+        assert!(r.reconcile(ruleset(1)).is_err());
+        assert!(r.failing(), "a failed first apply is a failure to retry too");
         r.reconcile(ruleset(1)).unwrap();
         r.reconcile(ruleset(2)).unwrap();
         assert_eq!(r.reconcile(ruleset(2)).unwrap(), Reconciled::Unchanged);
-        assert_eq!(log.take(), ["full 1", "update 2 +1"]);
+        assert_eq!(log.take(), ["full 1 FAILED", "full 1", "update 2 +1"]);
         assert_eq!(r.generation(), 2);
 
         *log.fail.lock().unwrap() = 1;

@@ -16,8 +16,8 @@
 //!   --iperf-rounds 3           enforced/baseline iperf3 run pairs (order alternates)
 //!   --updates 50               pod relabels, and as many policy adds, at the last size
 //!                              (changes that leave both tables unchanged are not counted)
-//!   --prototype-one-lookup     also measure the measured chains rewritten as one lookup in
-//!                              a concatenated set (a design proposal, not the backend)
+//!   --old-layout               also measure the measured chains rewritten in the layout
+//!                              before nft v2 (one set lookup per rule), in the same run
 //!   --seed 7                   seed of the generated cluster and of the updates
 //!   --dump DIR                 only write node 0's full nft script per size into DIR
 //! ```
@@ -116,8 +116,8 @@ struct Args {
     updates: usize,
     seed: u64,
     dump: Option<String>,
-    /// Also measure the one-lookup chain prototype at every size with policies.
-    prototype: bool,
+    /// Also measure the measured chains in the old one-lookup-per-rule layout.
+    old_layout: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -135,7 +135,7 @@ fn parse_args() -> Result<Args, String> {
         updates: 50,
         seed: 7,
         dump: None,
-        prototype: false,
+        old_layout: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -143,8 +143,8 @@ fn parse_args() -> Result<Args, String> {
             a.dense = true;
             continue;
         }
-        if flag == "--prototype-one-lookup" {
-            a.prototype = true;
+        if flag == "--old-layout" {
+            a.old_layout = true;
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag}: missing value"))?;
@@ -867,8 +867,8 @@ struct SizeResult {
     render_full: Vec<Duration>,
     full_apply: Vec<Duration>,
     cmp: Comparison,
-    /// The one-lookup prototype on the measured chains (with `--prototype-one-lookup`).
-    prototype: Option<(usize, Comparison)>,
+    /// The old layout on the measured chains (with `--old-layout`).
+    old_layout: Option<(usize, Comparison)>,
 }
 
 fn measure_size(
@@ -944,14 +944,14 @@ fn measure_size(
         ));
     }
     r.cmp = b.compare(args, &format!("size {n}"))?;
-    if args.prototype && n > 0 {
+    if args.old_layout && n > 0 {
         let mut elements = 0;
         let ends = [
             (0, &b.enforced.client, palisade_ir::Direction::Egress),
             (1, &b.enforced.server, palisade_ir::Direction::Ingress),
         ];
         for (i, pod, direction) in ends {
-            let (script, count) = one_lookup_script(&rulesets[i], &pod.to_string(), direction)?;
+            let (script, count) = old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
             elements += count;
             b.dataplanes[i]
                 .executor_mut()
@@ -962,24 +962,22 @@ fn measure_size(
         let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
         if !ok.is_connected() || denied != ProbeOutcome::TimedOut {
             return Err(format!(
-                "size {n}: prototype chains: allowed {ok}, denied {denied}"
+                "size {n}: old-layout chains: allowed {ok}, denied {denied}"
             ));
         }
-        r.prototype = Some((elements, b.compare(args, &format!("size {n} prototype"))?));
+        r.old_layout = Some((elements, b.compare(args, &format!("size {n} old layout"))?));
         b.apply_all(&rulesets)?;
     }
     Ok((r, state, rulesets))
 }
 
-// ---- prototype: one set lookup per endpoint chain ----
+// ---- the old layout: one set lookup per rule ----
 
-/// The script that turns an endpoint's chain into one lookup in a concatenated interval
-/// set `address . protocol . port` holding every (peer, port) its rules allow, then the
-/// default drop: what the chain decides, in one lookup instead of one per rule. Elements
-/// must not overlap: ports are cut into atoms at every rule boundary, and each atom gets
-/// the merged peers of the rules covering it. IPv4 only (the bench is). Returns the script
-/// and its element count.
-fn one_lookup_script(
+/// The script that turns an endpoint's chain back into the layout nft had before v2: one
+/// rule per IR rule, each with its own interval set of peers (and of ports), then the
+/// default drop: a new connection walks one lookup per rule. IPv4 only (the bench is).
+/// Returns the script and its element count.
+fn old_layout_script(
     rs: &NodeRuleset,
     endpoint: &str,
     direction: palisade_ir::Direction,
@@ -990,87 +988,48 @@ fn one_lookup_script(
         .get(endpoint)
         .ok_or_else(|| format!("no endpoint {endpoint}"))?;
     let rules = ep.direction(direction);
-    let v4 = |ip: IpAddr| match ip {
-        IpAddr::V4(a) => Some(u32::from(a)),
-        IpAddr::V6(_) => None,
-    };
-    // Per rule: peer ranges (u32) and port ranges (protocol, first, last).
-    let mut parsed = Vec::new();
-    for rule in &rules.rules {
-        let peers: Vec<(u32, u32)> = match &rule.peers {
-            PeerMatch::Any => vec![(0, u32::MAX)],
-            PeerMatch::Set(n) => rs.peer_sets[n]
-                .ranges
-                .iter()
-                .filter_map(|r| Some((v4(r.first)?, v4(r.last)?)))
-                .collect(),
-        };
-        let ports: Vec<(&str, u32, u32)> = match &rule.ports {
-            PortMatch::Any => ["tcp", "udp", "sctp"]
-                .iter()
-                .map(|p| (*p, 0, 65535))
-                .collect(),
-            PortMatch::Set(n) => rs.port_sets[n]
-                .ranges
-                .iter()
-                .map(|p| (p.protocol.as_str(), u32::from(p.first), u32::from(p.last)))
-                .collect(),
-        };
-        parsed.push((peers, ports));
-    }
-    let mut elements = Vec::new();
-    for proto in ["tcp", "udp", "sctp"] {
-        let mut cuts: Vec<u32> = parsed
-            .iter()
-            .flat_map(|(_, ports)| ports.iter().filter(|p| p.0 == proto))
-            .flat_map(|p| [p.1, p.2 + 1])
-            .collect();
-        cuts.sort_unstable();
-        cuts.dedup();
-        for w in cuts.windows(2) {
-            let (lo, hi) = (w[0], w[1] - 1);
-            let mut peers: Vec<(u32, u32)> = parsed
-                .iter()
-                .filter(|(_, ports)| ports.iter().any(|p| p.0 == proto && p.1 <= lo && hi <= p.2))
-                .flat_map(|(peers, _)| peers.iter().copied())
-                .collect();
-            peers.sort_unstable();
-            let mut merged: Vec<(u32, u32)> = Vec::new();
-            for (a, z) in peers {
-                match merged.last_mut() {
-                    Some(last) if u64::from(a) <= u64::from(last.1) + 1 => last.1 = last.1.max(z),
-                    _ => merged.push((a, z)),
-                }
-            }
-            for (a, z) in merged {
-                let (a, z) = (std::net::Ipv4Addr::from(a), std::net::Ipv4Addr::from(z));
-                elements.push(format!("{a}-{z} . {proto} . {lo}-{hi}"));
-            }
-        }
-    }
     let chain = palisade_nft_chain_name(rs, endpoint, direction)?;
     let (field, verdict) = match direction {
         palisade_ir::Direction::Ingress => ("saddr", "accept"),
         palisade_ir::Direction::Egress => ("daddr", "return"),
     };
-    let set = format!("proto_{}", direction.as_str());
-    let mut s = format!(
-        "add set inet palisade {set} {{ type ipv4_addr . inet_proto . inet_service; flags interval; }}\n"
-    );
-    if !elements.is_empty() {
-        let _ = writeln!(
-            s,
-            "add element inet palisade {set} {{ {} }}",
-            elements.join(", ")
-        );
+    let mut s = format!("flush chain inet palisade {chain}\n");
+    let mut count = 0;
+    for (i, rule) in rules.rules.iter().enumerate() {
+        let tag = format!("old_{}_{i}", direction.as_str());
+        let peer = match &rule.peers {
+            PeerMatch::Any => String::new(),
+            PeerMatch::Set(n) => {
+                let elements: Vec<String> = rs.peer_sets[n]
+                    .ranges(false)
+                    .iter()
+                    .map(|r| format!("{}-{}", r.first, r.last))
+                    .collect();
+                count += elements.len();
+                let _ = writeln!(s, "add set inet palisade {tag}_peers {{ type ipv4_addr; flags interval; }}");
+                if !elements.is_empty() {
+                    let _ = writeln!(s, "add element inet palisade {tag}_peers {{ {} }}", elements.join(", "));
+                }
+                format!("ip {field} @{tag}_peers ")
+            }
+        };
+        let port = match &rule.ports {
+            PortMatch::Any => String::new(),
+            PortMatch::Set(n) => {
+                let elements: Vec<String> = rs.port_sets[n]
+                    .ranges
+                    .iter()
+                    .map(|p| format!("{} . {}-{}", p.protocol.as_str(), p.first, p.last))
+                    .collect();
+                count += elements.len();
+                let _ = writeln!(s, "add set inet palisade {tag}_ports {{ type inet_proto . inet_service; flags interval; elements = {{ {} }} }}", elements.join(", "));
+                format!("meta l4proto . th dport @{tag}_ports ")
+            }
+        };
+        let _ = writeln!(s, "add rule inet palisade {chain} {peer}{port}counter {verdict}");
     }
-    let _ = writeln!(s, "flush chain inet palisade {chain}");
-    let _ = writeln!(
-        s,
-        "add rule inet palisade {chain} ip {field} . meta l4proto . th dport @{set} counter {verdict}"
-    );
     let _ = writeln!(s, "add rule inet palisade {chain} counter drop");
-    Ok((s, elements.len()))
+    Ok((s, count))
 }
 
 /// The backend's chain for an endpoint and direction, read off the dispatch map of a full
@@ -1304,9 +1263,9 @@ fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
             r.m.to_string(),
             &r.cmp,
         );
-        if let Some((elements, c)) = &r.prototype {
+        if let Some((elements, c)) = &r.old_layout {
             let label = format!(
-                "{} (prototype: one lookup, {elements} elements)",
+                "{} (old layout: one lookup per rule, {elements} elements)",
                 r.policies
             );
             row(&mut s, label, r.pods, r.nodes, r.m.to_string(), c);

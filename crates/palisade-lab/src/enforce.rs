@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use palisade_conformance::{Case, Observed, Probe, Prober, RunContext};
 use palisade_engine::ClusterState;
-use palisade_ir::{ApplyReport, Dataplane, DataplaneError, NodeRuleset};
+use palisade_ir::{
+    ApplyReport, Dataplane, DataplaneError, NodeRuleset, Reconciled, Reconciler, ReconcilerConfig,
+};
 use palisade_model::{IpFamily, Key, Protocol};
 
 use crate::{Lab, ProbeOutcome, ProbeRequest, SCTP_SKIP_REASON};
 
-/// The lab's nodes, each with its dataplane and the ruleset it last applied.
+/// The lab's nodes, each with its dataplane driven by the shared [`Reconciler`].
 pub struct Enforcer<'a> {
     lab: &'a Lab,
-    dataplanes: Vec<Box<dyn Dataplane>>,
-    applied: Vec<Option<NodeRuleset>>,
+    nodes: Vec<Reconciler>,
 }
 
 impl std::fmt::Debug for Enforcer<'_> {
@@ -30,14 +31,17 @@ impl std::fmt::Debug for Enforcer<'_> {
 
 impl<'a> Enforcer<'a> {
     /// `dataplane_for(i)` builds the dataplane of node `i` (e.g. nft inside its netns).
+    /// The lab applies every step itself, so no periodic resync runs behind its back.
     pub fn new(lab: &'a Lab, mut dataplane_for: impl FnMut(usize) -> Box<dyn Dataplane>) -> Self {
-        let dataplanes: Vec<_> = (0..lab.node_count()).map(&mut dataplane_for).collect();
-        let applied = vec![None; dataplanes.len()];
-        Enforcer {
-            lab,
-            dataplanes,
-            applied,
-        }
+        let nodes = (0..lab.node_count())
+            .map(|i| Reconciler::new(dataplane_for(i), ReconcilerConfig { resync_every: None }))
+            .collect();
+        Enforcer { lab, nodes }
+    }
+
+    /// Node `i`'s reconciler: what it applied, its generation, when it last applied.
+    pub fn node(&self, i: usize) -> &Reconciler {
+        &self.nodes[i]
     }
 
     pub fn lab(&self) -> &Lab {
@@ -53,11 +57,10 @@ impl<'a> Enforcer<'a> {
         let mut out = Vec::new();
         for (i, node) in self.lab.node_names().iter().enumerate() {
             let desired = state.compile_node(node);
-            let report = match &self.applied[i] {
-                Some(current) => self.dataplanes[i].apply_update(current, &desired)?,
-                None => self.dataplanes[i].apply_full(&desired)?,
+            let report = match self.nodes[i].reconcile(desired.clone())? {
+                Reconciled::Applied { report, .. } => report,
+                Reconciled::Unchanged => ApplyReport::default(),
             };
-            self.applied[i] = Some(desired.clone());
             out.push((desired, report));
         }
         Ok(out)
@@ -65,11 +68,7 @@ impl<'a> Enforcer<'a> {
 
     /// Removes every node's rules.
     pub fn remove(&mut self) -> Result<(), DataplaneError> {
-        for (d, applied) in self.dataplanes.iter_mut().zip(&mut self.applied) {
-            d.remove()?;
-            *applied = None;
-        }
-        Ok(())
+        self.nodes.iter_mut().try_for_each(Reconciler::remove)
     }
 
     /// Probes `src -> dst` for every pair (a pod to itself included) and returns
