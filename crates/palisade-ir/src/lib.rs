@@ -480,6 +480,15 @@ pub trait Dataplane: Send {
     }
     /// Removes everything this backend installed.
     fn remove(&mut self) -> Result<(), DataplaneError>;
+    /// What the kernel holds of this backend's objects, as canonical text (independent of
+    /// creation order, counter values masked): equal texts enforce the same. The contract
+    /// suite compares an update's result with a full apply's through it.
+    fn kernel_state(&mut self) -> Result<String, DataplaneError> {
+        Err(DataplaneError::Unsupported {
+            backend: self.name(),
+            what: "reading the kernel state",
+        })
+    }
     /// The packet counters of what is installed.
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
         Err(DataplaneError::Unsupported {

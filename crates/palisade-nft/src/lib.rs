@@ -36,6 +36,7 @@
 //! [`NftDataplane`], which applies them through an [`NftExecutor`]: [`SystemNft`] for the
 //! real kernel, [`FakeNft`] (a stateful stand-in) for tests.
 
+mod canonical;
 mod exec;
 mod plan;
 mod render;
@@ -46,6 +47,7 @@ use palisade_ir::{
     ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff, SetId,
 };
 
+pub use canonical::canonical_listing;
 pub use exec::{FakeNft, NftError, NftExecutor, SystemNft};
 use plan::{CounterOwner, Plan, Planner};
 
@@ -226,6 +228,14 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
             .map_err(|e| failed(&action, e.to_string()))?;
         self.applied = None;
         Ok(())
+    }
+
+    fn kernel_state(&mut self) -> Result<String, DataplaneError> {
+        let action = format!("listing table inet {}", self.config.table);
+        self.executor
+            .list_table(&self.config.table)
+            .map(|listing| canonical_listing(&listing))
+            .map_err(|e| failed(&action, e.to_string()))
     }
 
     fn counters(&mut self) -> Result<Counters, DataplaneError> {

@@ -2,7 +2,7 @@
 //! canonical form of `nft list table`, a line diff, root gating and a netns guard.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -593,79 +593,7 @@ pub fn random_ruleset(seed: u64) -> NodeRuleset {
 /// `nft list table` in a form independent of creation order: top-level objects sorted by
 /// header, set and map elements sorted. Rule order inside a chain is kept (it matters).
 pub fn canonical(listing: &str) -> String {
-    let mut blocks: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut current: Option<(String, Vec<String>)> = None;
-    let mut elements: Option<String> = None;
-    for raw in listing.lines() {
-        let line = raw.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(acc) = elements.as_mut() {
-            acc.push(' ');
-            acc.push_str(line);
-            if line.ends_with('}') {
-                let text = elements.take().unwrap_or_default();
-                push_elements(&mut current, &text);
-            }
-            continue;
-        }
-        match &mut current {
-            None => {
-                if line.starts_with("set ")
-                    || line.starts_with("map ")
-                    || line.starts_with("chain ")
-                {
-                    current = Some((line.to_string(), Vec::new()));
-                }
-                // `table ... {` and the final `}` are skipped.
-            }
-            Some((_, body)) => {
-                if line == "}" {
-                    if let Some((header, body)) = current.take() {
-                        blocks.insert(header, body);
-                    }
-                } else if line.starts_with("elements = {") {
-                    if line.ends_with('}') {
-                        push_elements(&mut current, line);
-                    } else {
-                        elements = Some(line.to_string());
-                    }
-                } else {
-                    body.push(line.to_string());
-                }
-            }
-        }
-    }
-    let mut out = String::new();
-    for (header, body) in blocks {
-        out.push_str(&header);
-        out.push('\n');
-        for line in body {
-            out.push_str("    ");
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-fn push_elements(current: &mut Option<(String, Vec<String>)>, text: &str) {
-    let inner = text
-        .trim()
-        .trim_start_matches("elements = {")
-        .trim_end_matches('}');
-    let mut items: Vec<String> = inner
-        .split(',')
-        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|s| !s.is_empty())
-        .collect();
-    items.sort();
-    if let Some((_, body)) = current.as_mut() {
-        for i in items {
-            body.push(format!("element {i}"));
-        }
-    }
+    palisade_nft::canonical_listing(listing)
 }
 
 /// A line diff (`-` expected, `+` actual), for failure messages.
