@@ -146,10 +146,14 @@ impl Controller {
             return Duration::from_millis(200);
         }
         let now = Instant::now();
-        if self.reconciler.failing() || self.reconciler.resync_due_at().is_some_and(|at| now >= at) {
+        if self.reconciler.failing() || self.reconciler.resync_due_at().is_some_and(|at| now >= at)
+        {
             self.sync(&[]);
         }
-        if self.counters_read.is_none_or(|at| now >= at + COUNTERS_INTERVAL) {
+        if self
+            .counters_read
+            .is_none_or(|at| now >= at + COUNTERS_INTERVAL)
+        {
             self.counters_read = Some(now);
             match self.reconciler.counters() {
                 Ok(c) => self.metrics.set_counters(&c),
@@ -159,11 +163,12 @@ impl Controller {
         if self.reconciler.failing() {
             return RETRY_INTERVAL;
         }
-        let until_resync = self
-            .reconciler
-            .resync_due_at()
-            .map_or(Duration::MAX, |at| at.saturating_duration_since(Instant::now()));
-        until_resync.min(COUNTERS_INTERVAL).max(Duration::from_millis(10))
+        let until_resync = self.reconciler.resync_due_at().map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        until_resync
+            .min(COUNTERS_INTERVAL)
+            .max(Duration::from_millis(10))
     }
 
     /// Consumes events until `stop` fires (or every source is gone and `stop` fires).
@@ -254,7 +259,11 @@ impl Controller {
                         .event_to_applied
                         .observe((done - *at).as_secs_f64());
                 }
-                if let Reconciled::Applied { report, element_changes } = outcome {
+                if let Reconciled::Applied {
+                    report,
+                    element_changes,
+                } = outcome
+                {
                     // An apply that sent nothing to the kernel is not counted.
                     if report.full || report.operations > 0 {
                         self.metrics.applies.inc();

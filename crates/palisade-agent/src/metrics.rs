@@ -134,10 +134,15 @@ impl Metrics {
             let labels = vec![
                 ("namespace".to_string(), origin.policy_namespace.clone()),
                 ("policy".to_string(), origin.policy_name.clone()),
-                ("direction".to_string(), origin.direction.as_str().to_string()),
+                (
+                    "direction".to_string(),
+                    origin.direction.as_str().to_string(),
+                ),
                 ("rule".to_string(), origin.rule_index.to_string()),
             ];
-            self.rule_packets.get_or_create(&labels).set(count.packets as i64);
+            self.rule_packets
+                .get_or_create(&labels)
+                .set(count.packets as i64);
         }
         self.default_deny_packets.clear();
         for ((endpoint, direction), count) in &counters.default_deny {
@@ -145,7 +150,9 @@ impl Metrics {
                 ("endpoint".to_string(), endpoint.clone()),
                 ("direction".to_string(), direction.as_str().to_string()),
             ];
-            self.default_deny_packets.get_or_create(&labels).set(count.packets as i64);
+            self.default_deny_packets
+                .get_or_create(&labels)
+                .set(count.packets as i64);
         }
     }
 

@@ -45,7 +45,11 @@ pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box
 
 /// What `apply --dry-run` prints: the backend's full transaction for `ruleset`, with the
 /// counters in it (one per policy rule, one per endpoint's default deny).
-pub fn render_dry_run(backend: Backend, ruleset: &NodeRuleset, table: &str) -> anyhow::Result<String> {
+pub fn render_dry_run(
+    backend: Backend,
+    ruleset: &NodeRuleset,
+    table: &str,
+) -> anyhow::Result<String> {
     ruleset.validate()?;
     match backend {
         Backend::Nft => Ok(palisade_nft::render_full(

@@ -104,7 +104,12 @@ impl LiveState {
                 .map(|n| Key::new("", n))
                 .collect(),
             Kind::Pod => self.state.pods().iter().map(|p| p.key.clone()).collect(),
-            Kind::NetworkPolicy => self.state.policies().iter().map(|p| p.key.clone()).collect(),
+            Kind::NetworkPolicy => self
+                .state
+                .policies()
+                .iter()
+                .map(|p| p.key.clone())
+                .collect(),
         };
         // A whole kind replaced: cheaper to start the cache over than to track each change.
         self.peers.clear();
@@ -130,7 +135,11 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, app: &str, ip: &str) -> Object {
-        let mut pod = Pod::new("default", name, Labels::from([("app".to_string(), app.to_string())]));
+        let mut pod = Pod::new(
+            "default",
+            name,
+            Labels::from([("app".to_string(), app.to_string())]),
+        );
         pod.ips = vec![ip.parse().unwrap()];
         pod.node = Some("n1".into());
         Object::Pod(pod)
@@ -146,8 +155,16 @@ mod tests {
         live.apply(pod("a", "x", "10.0.0.1"));
         live.apply(pod("b", "x", "10.0.0.2"));
         live.compile_node("n1");
-        live.reset_kind(Kind::Pod, vec![pod("b", "y", "10.0.0.2"), pod("c", "x", "10.0.0.3")]);
-        let keys: Vec<String> = live.state().pods().iter().map(|p| p.key.to_string()).collect();
+        live.reset_kind(
+            Kind::Pod,
+            vec![pod("b", "y", "10.0.0.2"), pod("c", "x", "10.0.0.3")],
+        );
+        let keys: Vec<String> = live
+            .state()
+            .pods()
+            .iter()
+            .map(|p| p.key.to_string())
+            .collect();
         assert_eq!(keys, ["default/b", "default/c"]);
         assert_eq!(live.compile_node("n1"), live.state().compile_node("n1"));
         live.delete(Kind::Pod, &Key::new("default", "c"));

@@ -124,8 +124,15 @@ impl RulesetDiff {
 
     /// Set elements the diff adds or removes (added sets count whole).
     pub fn element_changes(&self) -> usize {
-        self.peer_sets_added.values().map(PeerSet::len).sum::<usize>()
-            + self.peer_set_members.values().map(MemberDelta::len).sum::<usize>()
+        self.peer_sets_added
+            .values()
+            .map(PeerSet::len)
+            .sum::<usize>()
+            + self
+                .peer_set_members
+                .values()
+                .map(MemberDelta::len)
+                .sum::<usize>()
     }
 
     /// `current` moved by this diff: equals the `desired` the diff was computed for.
@@ -187,13 +194,22 @@ mod tests {
         let endpoint = (0u8..4, proptest::option::of(0u8..3), any::<bool>(), 0u16..3);
         let endpoints = proptest::collection::vec(endpoint, 0..4);
         (sets, endpoints).prop_map(|(sets, endpoints)| {
-            let mut rs = NodeRuleset { node: "n".into(), ..Default::default() };
+            let mut rs = NodeRuleset {
+                node: "n".into(),
+                ..Default::default()
+            };
             for (id, (addrs, blocks)) in sets {
                 rs.peer_sets.insert(
                     SetId(format!("peer_{id}")),
                     PeerSet {
-                        addresses: addrs.into_iter().map(|a| IpAddr::from([10, 0, 0, a])).collect(),
-                        blocks: blocks.into_iter().map(|b| format!("10.{}.0.0/16", b + 1).parse().unwrap()).collect(),
+                        addresses: addrs
+                            .into_iter()
+                            .map(|a| IpAddr::from([10, 0, 0, a]))
+                            .collect(),
+                        blocks: blocks
+                            .into_iter()
+                            .map(|b| format!("10.{}.0.0/16", b + 1).parse().unwrap())
+                            .collect(),
                     },
                 );
             }
@@ -203,20 +219,41 @@ mod tests {
                 if isolated {
                     ingress.isolated = true;
                     ingress.isolated_by = vec!["ns/pol".into()];
-                    let ports = PortSet { ranges: vec![PortRange { protocol: Protocol::Tcp, first: 80, last: 80 + port }] };
+                    let ports = PortSet {
+                        ranges: vec![PortRange {
+                            protocol: Protocol::Tcp,
+                            first: 80,
+                            last: 80 + port,
+                        }],
+                    };
                     let port_id = ports.id();
                     rs.port_sets.insert(port_id.clone(), ports);
                     let peers = match set {
-                        Some(s) if rs.peer_sets.contains_key(&SetId(format!("peer_{s}"))) => PeerMatch::Set(SetId(format!("peer_{s}"))),
+                        Some(s) if rs.peer_sets.contains_key(&SetId(format!("peer_{s}"))) => {
+                            PeerMatch::Set(SetId(format!("peer_{s}")))
+                        }
                         _ => PeerMatch::Any,
                     };
                     ingress.rules.push(AllowRule {
                         peers,
                         ports: PortMatch::Set(port_id),
-                        origin: RuleOrigin { policy_namespace: "ns".into(), policy_name: "pol".into(), direction: Direction::Ingress, rule_index: 0 },
+                        origin: RuleOrigin {
+                            policy_namespace: "ns".into(),
+                            policy_name: "pol".into(),
+                            direction: Direction::Ingress,
+                            rule_index: 0,
+                        },
                     });
                 }
-                rs.endpoints.insert(name.clone(), Endpoint { name, ips: vec![IpAddr::from([10, 9, 0, n])], ingress, egress: Default::default() });
+                rs.endpoints.insert(
+                    name.clone(),
+                    Endpoint {
+                        name,
+                        ips: vec![IpAddr::from([10, 9, 0, n])],
+                        ingress,
+                        egress: Default::default(),
+                    },
+                );
             }
             rs
         })
@@ -236,12 +273,25 @@ mod tests {
     fn a_pod_joining_a_selector_is_one_added_address() {
         let mut a = NodeRuleset::default();
         let id = SetId("peer_x".into());
-        a.peer_sets.insert(id.clone(), PeerSet { addresses: [IpAddr::from([10, 0, 0, 1])].into(), blocks: vec![] });
+        a.peer_sets.insert(
+            id.clone(),
+            PeerSet {
+                addresses: [IpAddr::from([10, 0, 0, 1])].into(),
+                blocks: vec![],
+            },
+        );
         let mut b = a.clone();
-        b.peer_sets.get_mut(&id).unwrap().addresses.insert(IpAddr::from([10, 0, 0, 2]));
+        b.peer_sets
+            .get_mut(&id)
+            .unwrap()
+            .addresses
+            .insert(IpAddr::from([10, 0, 0, 2]));
         let diff = RulesetDiff::between(&a, &b);
         assert_eq!(diff.element_changes(), 1);
-        assert_eq!(diff.peer_set_members[&id].addresses_added, [IpAddr::from([10, 0, 0, 2])]);
+        assert_eq!(
+            diff.peer_set_members[&id].addresses_added,
+            [IpAddr::from([10, 0, 0, 2])]
+        );
         assert!(diff.peer_sets_added.is_empty() && diff.endpoints_changed.is_empty());
     }
 }

@@ -66,7 +66,12 @@ impl NodeRuleset {
     /// Judges a packet whose peer (the source for ingress, the destination for egress)
     /// is `peer`, against one direction of an endpoint of this ruleset. A rule naming a
     /// set the ruleset lacks matches nothing (and [`NodeRuleset::validate`] rejects it).
-    pub fn judge(&self, rules: &DirectionRules, peer: IpAddr, transport: Transport) -> DirectionVerdict {
+    pub fn judge(
+        &self,
+        rules: &DirectionRules,
+        peer: IpAddr,
+        transport: Transport,
+    ) -> DirectionVerdict {
         for r in &rules.admin {
             if self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport) {
                 match r.action {
@@ -80,8 +85,12 @@ impl NodeRuleset {
             return rules
                 .rules
                 .iter()
-                .find(|r| self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport))
-                .map_or(DirectionVerdict::DefaultDeny, |r| DirectionVerdict::Allowed(r.origin.clone()));
+                .find(|r| {
+                    self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport)
+                })
+                .map_or(DirectionVerdict::DefaultDeny, |r| {
+                    DirectionVerdict::Allowed(r.origin.clone())
+                });
         }
         for r in &rules.baseline {
             if self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport) {
@@ -113,12 +122,20 @@ pub struct FlowVerdict {
 
 impl FlowVerdict {
     pub fn allowed(&self) -> bool {
-        self.egress.iter().chain(&self.ingress).all(|c| c.verdict.allows())
+        self.egress
+            .iter()
+            .chain(&self.ingress)
+            .all(|c| c.verdict.allows())
     }
 }
 
 /// Judges `src -> dst` against every node's ruleset (see the module docs).
-pub fn judge_flow(rulesets: &[NodeRuleset], src: IpAddr, dst: IpAddr, transport: Transport) -> FlowVerdict {
+pub fn judge_flow(
+    rulesets: &[NodeRuleset],
+    src: IpAddr,
+    dst: IpAddr,
+    transport: Transport,
+) -> FlowVerdict {
     let locate = |ip: IpAddr| {
         rulesets
             .iter()
@@ -167,9 +184,27 @@ mod tests {
         };
         let pods = SetId("peer_pods".into());
         let block = SetId("peer_block".into());
-        rs.peer_sets.insert(pods.clone(), PeerSet { addresses: ["10.0.0.1".parse().unwrap()].into(), blocks: vec![] });
-        rs.peer_sets.insert(block.clone(), PeerSet { addresses: Default::default(), blocks: vec!["10.0.0.0/16".parse().unwrap()] });
-        let web = PortSet { ranges: vec![PortRange { protocol: Protocol::Tcp, first: 80, last: 80 }] };
+        rs.peer_sets.insert(
+            pods.clone(),
+            PeerSet {
+                addresses: ["10.0.0.1".parse().unwrap()].into(),
+                blocks: vec![],
+            },
+        );
+        rs.peer_sets.insert(
+            block.clone(),
+            PeerSet {
+                addresses: Default::default(),
+                blocks: vec!["10.0.0.0/16".parse().unwrap()],
+            },
+        );
+        let web = PortSet {
+            ranges: vec![PortRange {
+                protocol: Protocol::Tcp,
+                first: 80,
+                last: 80,
+            }],
+        };
         let web_id = web.id();
         rs.port_sets.insert(web_id.clone(), web);
         rs.endpoints.insert(
@@ -181,8 +216,16 @@ mod tests {
                     isolated: true,
                     isolated_by: vec!["ns/p".into()],
                     rules: vec![
-                        AllowRule { peers: PeerMatch::Set(pods), ports: PortMatch::Set(web_id), origin: origin(Direction::Ingress, 0) },
-                        AllowRule { peers: PeerMatch::Set(block), ports: PortMatch::Any, origin: origin(Direction::Ingress, 1) },
+                        AllowRule {
+                            peers: PeerMatch::Set(pods),
+                            ports: PortMatch::Set(web_id),
+                            origin: origin(Direction::Ingress, 0),
+                        },
+                        AllowRule {
+                            peers: PeerMatch::Set(block),
+                            ports: PortMatch::Any,
+                            origin: origin(Direction::Ingress, 1),
+                        },
                     ],
                     ..Default::default()
                 },
@@ -199,15 +242,34 @@ mod tests {
     #[test]
     fn the_first_matching_rule_is_counted_and_other_transports_need_any_port() {
         let rs = [ruleset()];
-        let v = judge_flow(&rs, ip("10.0.0.1"), ip("10.0.0.2"), Transport::Port(Protocol::Tcp, 80));
-        assert_eq!(v.ingress.unwrap().verdict, DirectionVerdict::Allowed(origin(Direction::Ingress, 0)));
+        let v = judge_flow(
+            &rs,
+            ip("10.0.0.1"),
+            ip("10.0.0.2"),
+            Transport::Port(Protocol::Tcp, 80),
+        );
+        assert_eq!(
+            v.ingress.unwrap().verdict,
+            DirectionVerdict::Allowed(origin(Direction::Ingress, 0))
+        );
         let v = judge_flow(&rs, ip("10.0.0.1"), ip("10.0.0.2"), Transport::Other);
-        assert_eq!(v.ingress.unwrap().verdict, DirectionVerdict::Allowed(origin(Direction::Ingress, 1)));
-        let v = judge_flow(&rs, ip("10.9.0.1"), ip("10.0.0.2"), Transport::Port(Protocol::Udp, 53));
+        assert_eq!(
+            v.ingress.unwrap().verdict,
+            DirectionVerdict::Allowed(origin(Direction::Ingress, 1))
+        );
+        let v = judge_flow(
+            &rs,
+            ip("10.9.0.1"),
+            ip("10.0.0.2"),
+            Transport::Port(Protocol::Udp, 53),
+        );
         assert!(!v.allowed());
         assert_eq!(v.ingress.unwrap().verdict, DirectionVerdict::DefaultDeny);
         // No endpoint on either side: nothing judges it.
-        assert_eq!(judge_flow(&rs, ip("10.9.0.1"), ip("10.9.0.2"), Transport::Other), FlowVerdict::default());
+        assert_eq!(
+            judge_flow(&rs, ip("10.9.0.1"), ip("10.9.0.2"), Transport::Other),
+            FlowVerdict::default()
+        );
         // A pod to itself is never judged.
         assert!(judge_flow(&rs, ip("10.0.0.2"), ip("10.0.0.2"), Transport::Other).allowed());
     }
@@ -215,22 +277,54 @@ mod tests {
     #[test]
     fn tiers_are_met_in_order() {
         let mut rs = ruleset();
-        let admin_origin = RuleOrigin { policy_namespace: String::new(), policy_name: "cnp".into(), direction: Direction::Ingress, rule_index: 0 };
+        let admin_origin = RuleOrigin {
+            policy_namespace: String::new(),
+            policy_name: "cnp".into(),
+            direction: Direction::Ingress,
+            rule_index: 0,
+        };
         let ep = rs.endpoints.get_mut("ns/a").unwrap();
-        ep.ingress.admin.push(TierRule { action: Action::Deny, peers: PeerMatch::Any, ports: PortMatch::Any, origin: admin_origin.clone() });
-        let verdict = |rs: &NodeRuleset| rs.judge(&rs.endpoints["ns/a"].ingress, ip("10.0.0.1"), Transport::Port(Protocol::Tcp, 80));
-        assert_eq!(verdict(&rs), DirectionVerdict::DeniedByRule(admin_origin.clone()));
+        ep.ingress.admin.push(TierRule {
+            action: Action::Deny,
+            peers: PeerMatch::Any,
+            ports: PortMatch::Any,
+            origin: admin_origin.clone(),
+        });
+        let verdict = |rs: &NodeRuleset| {
+            rs.judge(
+                &rs.endpoints["ns/a"].ingress,
+                ip("10.0.0.1"),
+                Transport::Port(Protocol::Tcp, 80),
+            )
+        };
+        assert_eq!(
+            verdict(&rs),
+            DirectionVerdict::DeniedByRule(admin_origin.clone())
+        );
         // Pass hands the packet to NetworkPolicy, which allows it.
         rs.endpoints.get_mut("ns/a").unwrap().ingress.admin[0].action = Action::Pass;
-        assert_eq!(verdict(&rs), DirectionVerdict::Allowed(origin(Direction::Ingress, 0)));
+        assert_eq!(
+            verdict(&rs),
+            DirectionVerdict::Allowed(origin(Direction::Ingress, 0))
+        );
         // Not isolated: the baseline tier decides, and without a match the packet passes.
         let ep = rs.endpoints.get_mut("ns/a").unwrap();
         ep.ingress.isolated = false;
         ep.ingress.isolated_by.clear();
         ep.ingress.rules.clear();
-        ep.ingress.baseline.push(TierRule { action: Action::Deny, peers: PeerMatch::Any, ports: PortMatch::Any, origin: admin_origin.clone() });
+        ep.ingress.baseline.push(TierRule {
+            action: Action::Deny,
+            peers: PeerMatch::Any,
+            ports: PortMatch::Any,
+            origin: admin_origin.clone(),
+        });
         assert_eq!(verdict(&rs), DirectionVerdict::DeniedByRule(admin_origin));
-        rs.endpoints.get_mut("ns/a").unwrap().ingress.baseline.clear();
+        rs.endpoints
+            .get_mut("ns/a")
+            .unwrap()
+            .ingress
+            .baseline
+            .clear();
         assert_eq!(verdict(&rs), DirectionVerdict::Open);
     }
 }

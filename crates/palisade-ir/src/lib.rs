@@ -191,12 +191,17 @@ impl PeerSet {
             .iter()
             .filter(|a| a.is_ipv6() == v6)
             .map(|a| (cidr::addr_to_u128(*a), cidr::addr_to_u128(*a)))
-            .chain(self.blocks.iter().filter(|b| b.addr().is_ipv6() == v6).map(|b| {
-                (
-                    cidr::addr_to_u128(b.network()),
-                    cidr::addr_to_u128(b.broadcast()),
-                )
-            }))
+            .chain(
+                self.blocks
+                    .iter()
+                    .filter(|b| b.addr().is_ipv6() == v6)
+                    .map(|b| {
+                        (
+                            cidr::addr_to_u128(b.network()),
+                            cidr::addr_to_u128(b.broadcast()),
+                        )
+                    }),
+            )
             .collect();
         spans.sort_unstable();
         let mut out: Vec<(u128, u128)> = Vec::with_capacity(spans.len());
@@ -322,7 +327,11 @@ impl DirectionRules {
             .iter()
             .map(|r| (&r.peers, &r.ports, &r.origin))
             .chain(self.rules.iter().map(|r| (&r.peers, &r.ports, &r.origin)))
-            .chain(self.baseline.iter().map(|r| (&r.peers, &r.ports, &r.origin)))
+            .chain(
+                self.baseline
+                    .iter()
+                    .map(|r| (&r.peers, &r.ports, &r.origin)),
+            )
     }
 }
 

@@ -122,7 +122,11 @@ impl Reconciler {
                 self.dataplane
                     .apply_update(current, &desired, &diff)
                     .map(|report| Reconciled::Applied {
-                        element_changes: if report.full { 0 } else { diff.element_changes() },
+                        element_changes: if report.full {
+                            0
+                        } else {
+                            diff.element_changes()
+                        },
                         report,
                     })
             }
@@ -199,11 +203,26 @@ mod tests {
         }
         fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
             self.record(format!("full {}", desired.endpoints.len()))?;
-            Ok(ApplyReport { full: true, operations: 1 })
+            Ok(ApplyReport {
+                full: true,
+                operations: 1,
+            })
         }
-        fn apply_update(&mut self, _: &NodeRuleset, desired: &NodeRuleset, diff: &RulesetDiff) -> Result<ApplyReport, DataplaneError> {
-            self.record(format!("update {} +{}", desired.endpoints.len(), diff.endpoints_added.len()))?;
-            Ok(ApplyReport { full: false, operations: 1 })
+        fn apply_update(
+            &mut self,
+            _: &NodeRuleset,
+            desired: &NodeRuleset,
+            diff: &RulesetDiff,
+        ) -> Result<ApplyReport, DataplaneError> {
+            self.record(format!(
+                "update {} +{}",
+                desired.endpoints.len(),
+                diff.endpoints_added.len()
+            ))?;
+            Ok(ApplyReport {
+                full: false,
+                operations: 1,
+            })
         }
         fn remove(&mut self) -> Result<(), DataplaneError> {
             self.record("remove".into())
@@ -215,9 +234,17 @@ mod tests {
             let mut fail = self.fail.lock().unwrap();
             let failed = *fail > 0;
             *fail = fail.saturating_sub(1);
-            self.calls.lock().unwrap().push(if failed { format!("{call} FAILED") } else { call });
+            self.calls.lock().unwrap().push(if failed {
+                format!("{call} FAILED")
+            } else {
+                call
+            });
             if failed {
-                return Err(DataplaneError::Apply { backend: "log", action: "apply".into(), message: "injected".into() });
+                return Err(DataplaneError::Apply {
+                    backend: "log",
+                    action: "apply".into(),
+                    message: "injected".into(),
+                });
             }
             Ok(())
         }
@@ -227,15 +254,21 @@ mod tests {
     }
 
     fn ruleset(endpoints: usize) -> NodeRuleset {
-        let mut rs = NodeRuleset { node: "n".into(), ..Default::default() };
+        let mut rs = NodeRuleset {
+            node: "n".into(),
+            ..Default::default()
+        };
         for i in 0..endpoints {
             let name = format!("ns/p{i}");
-            rs.endpoints.insert(name.clone(), crate::Endpoint {
-                name,
-                ips: vec![format!("10.0.0.{}", i + 1).parse().unwrap()],
-                ingress: Default::default(),
-                egress: Default::default(),
-            });
+            rs.endpoints.insert(
+                name.clone(),
+                crate::Endpoint {
+                    name,
+                    ips: vec![format!("10.0.0.{}", i + 1).parse().unwrap()],
+                    ingress: Default::default(),
+                    egress: Default::default(),
+                },
+            );
         }
         rs
     }
@@ -243,10 +276,16 @@ mod tests {
     #[test]
     fn full_first_then_diffs_nothing_when_equal_and_full_after_a_failure() {
         let log = Log::default();
-        let mut r = Reconciler::new(Box::new(log.clone()), ReconcilerConfig { resync_every: None });
+        let mut r = Reconciler::new(
+            Box::new(log.clone()),
+            ReconcilerConfig { resync_every: None },
+        );
         *log.fail.lock().unwrap() = 1;
         assert!(r.reconcile(ruleset(1)).is_err());
-        assert!(r.failing(), "a failed first apply is a failure to retry too");
+        assert!(
+            r.failing(),
+            "a failed first apply is a failure to retry too"
+        );
         r.reconcile(ruleset(1)).unwrap();
         r.reconcile(ruleset(2)).unwrap();
         assert_eq!(r.reconcile(ruleset(2)).unwrap(), Reconciled::Unchanged);
@@ -256,7 +295,11 @@ mod tests {
         *log.fail.lock().unwrap() = 1;
         assert!(r.reconcile(ruleset(3)).is_err());
         assert!(r.failing());
-        assert_eq!(r.applied(), Some(&ruleset(2)), "the failed ruleset is not recorded as applied");
+        assert_eq!(
+            r.applied(),
+            Some(&ruleset(2)),
+            "the failed ruleset is not recorded as applied"
+        );
         r.reconcile(ruleset(3)).unwrap();
         assert!(!r.failing());
         assert_eq!(log.take(), ["update 3 +1 FAILED", "full 3"]);
@@ -265,7 +308,10 @@ mod tests {
     #[test]
     fn an_invalid_ruleset_never_reaches_the_backend() {
         let log = Log::default();
-        let mut r = Reconciler::new(Box::new(log.clone()), ReconcilerConfig { resync_every: None });
+        let mut r = Reconciler::new(
+            Box::new(log.clone()),
+            ReconcilerConfig { resync_every: None },
+        );
         r.reconcile(ruleset(1)).unwrap();
         let mut bad = ruleset(2);
         bad.endpoints.get_mut("ns/p1").unwrap().ips = vec!["10.0.0.1".parse().unwrap()];
@@ -278,7 +324,12 @@ mod tests {
     #[test]
     fn a_due_resync_applies_in_full_even_when_nothing_changed() {
         let log = Log::default();
-        let mut r = Reconciler::new(Box::new(log.clone()), ReconcilerConfig { resync_every: Some(Duration::ZERO) });
+        let mut r = Reconciler::new(
+            Box::new(log.clone()),
+            ReconcilerConfig {
+                resync_every: Some(Duration::ZERO),
+            },
+        );
         r.reconcile(ruleset(1)).unwrap();
         r.reconcile(ruleset(1)).unwrap();
         r.resync().unwrap();

@@ -65,7 +65,11 @@ impl NodeRuleset {
             let object = format!("peer set {id}");
             for (i, b) in set.blocks.iter().enumerate() {
                 if b.trunc() != *b {
-                    return Err(err(&object, format!("blocks[{i}]"), format!("{b} has host bits set")));
+                    return Err(err(
+                        &object,
+                        format!("blocks[{i}]"),
+                        format!("{b} has host bits set"),
+                    ));
                 }
                 if let Some(prev) = i.checked_sub(1).map(|p| set.blocks[p]) {
                     let ordered = (prev.addr().is_ipv6(), prev.broadcast())
@@ -83,11 +87,19 @@ impl NodeRuleset {
         for (id, set) in &self.port_sets {
             let object = format!("port set {id}");
             if set.ranges.is_empty() {
-                return Err(err(object, "ranges", "empty (a rule without ports is dropped)"));
+                return Err(err(
+                    object,
+                    "ranges",
+                    "empty (a rule without ports is dropped)",
+                ));
             }
             for (i, r) in set.ranges.iter().enumerate() {
                 if r.first > r.last {
-                    return Err(err(&object, format!("ranges[{i}]"), format!("{} > {}", r.first, r.last)));
+                    return Err(err(
+                        &object,
+                        format!("ranges[{i}]"),
+                        format!("{} > {}", r.first, r.last),
+                    ));
                 }
                 if let Some(prev) = i.checked_sub(1).map(|p| set.ranges[p])
                     && (prev.protocol, u32::from(prev.last) + 1) >= (r.protocol, u32::from(r.first))
@@ -111,33 +123,82 @@ impl NodeRuleset {
     ) -> Result<(), InvariantError> {
         let d = direction.as_str();
         if !rules.isolated && !rules.rules.is_empty() {
-            return Err(err(object, format!("{d}.rules"), "rules on a direction that is not isolated"));
+            return Err(err(
+                object,
+                format!("{d}.rules"),
+                "rules on a direction that is not isolated",
+            ));
         }
         if rules.isolated != !rules.isolated_by.is_empty() {
-            return Err(err(object, format!("{d}.isolated_by"), "must name the isolating policies exactly when isolated"));
+            return Err(err(
+                object,
+                format!("{d}.isolated_by"),
+                "must name the isolating policies exactly when isolated",
+            ));
         }
-        if let Some(i) = rules.baseline.iter().position(|r| r.action == crate::Action::Pass) {
-            return Err(err(object, format!("{d}.baseline[{i}].action"), "pass is only meaningful in the admin tier"));
+        if let Some(i) = rules
+            .baseline
+            .iter()
+            .position(|r| r.action == crate::Action::Pass)
+        {
+            return Err(err(
+                object,
+                format!("{d}.baseline[{i}].action"),
+                "pass is only meaningful in the admin tier",
+            ));
         }
         let tiers = [
-            ("admin", rules.admin.iter().map(|r| (&r.peers, &r.ports, &r.origin)).collect::<Vec<_>>()),
-            ("rules", rules.rules.iter().map(|r| (&r.peers, &r.ports, &r.origin)).collect()),
-            ("baseline", rules.baseline.iter().map(|r| (&r.peers, &r.ports, &r.origin)).collect()),
+            (
+                "admin",
+                rules
+                    .admin
+                    .iter()
+                    .map(|r| (&r.peers, &r.ports, &r.origin))
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "rules",
+                rules
+                    .rules
+                    .iter()
+                    .map(|r| (&r.peers, &r.ports, &r.origin))
+                    .collect(),
+            ),
+            (
+                "baseline",
+                rules
+                    .baseline
+                    .iter()
+                    .map(|r| (&r.peers, &r.ports, &r.origin))
+                    .collect(),
+            ),
         ];
         for (tier, entries) in tiers {
             for (i, (peers, ports, origin)) in entries.into_iter().enumerate() {
                 if let PeerMatch::Set(n) = peers
                     && !self.peer_sets.contains_key(n)
                 {
-                    return Err(err(object, format!("{d}.{tier}[{i}].peers"), format!("no peer set {n}")));
+                    return Err(err(
+                        object,
+                        format!("{d}.{tier}[{i}].peers"),
+                        format!("no peer set {n}"),
+                    ));
                 }
                 if let PortMatch::Set(n) = ports
                     && !self.port_sets.contains_key(n)
                 {
-                    return Err(err(object, format!("{d}.{tier}[{i}].ports"), format!("no port set {n}")));
+                    return Err(err(
+                        object,
+                        format!("{d}.{tier}[{i}].ports"),
+                        format!("no port set {n}"),
+                    ));
                 }
                 if origin.direction != direction {
-                    return Err(err(object, format!("{d}.{tier}[{i}].origin"), format!("{origin} is a rule of the other direction")));
+                    return Err(err(
+                        object,
+                        format!("{d}.{tier}[{i}].origin"),
+                        format!("{origin} is a rule of the other direction"),
+                    ));
                 }
             }
         }
@@ -201,7 +262,8 @@ mod tests {
                 rs.peer_sets.clear();
             }),
             ("blocks[0]", |rs| {
-                rs.peer_sets.values_mut().next().unwrap().blocks[0] = "10.1.2.0/16".parse().unwrap();
+                rs.peer_sets.values_mut().next().unwrap().blocks[0] =
+                    "10.1.2.0/16".parse().unwrap();
             }),
             ("blocks[1]", |rs| {
                 rs.peer_sets.values_mut().next().unwrap().blocks.reverse();
@@ -212,15 +274,26 @@ mod tests {
                 rs.endpoints.insert("ns/b".into(), other);
             }),
             ("ingress.isolated_by", |rs| {
-                rs.endpoints.get_mut("ns/a").unwrap().ingress.isolated_by.clear();
+                rs.endpoints
+                    .get_mut("ns/a")
+                    .unwrap()
+                    .ingress
+                    .isolated_by
+                    .clear();
             }),
             ("egress.rules", |rs| {
                 let rule = rs.endpoints["ns/a"].ingress.rules[0].clone();
-                rs.endpoints.get_mut("ns/a").unwrap().egress.rules.push(rule);
+                rs.endpoints
+                    .get_mut("ns/a")
+                    .unwrap()
+                    .egress
+                    .rules
+                    .push(rule);
             }),
             ("ingress.rules[0].origin", |rs| {
-                rs.endpoints.get_mut("ns/a").unwrap().ingress.rules[0].origin.direction =
-                    Direction::Egress;
+                rs.endpoints.get_mut("ns/a").unwrap().ingress.rules[0]
+                    .origin
+                    .direction = Direction::Egress;
             }),
             ("name", |rs| {
                 rs.endpoints.get_mut("ns/a").unwrap().name = "ns/z".into();

@@ -1006,9 +1006,16 @@ fn old_layout_script(
                     .map(|r| format!("{}-{}", r.first, r.last))
                     .collect();
                 count += elements.len();
-                let _ = writeln!(s, "add set inet palisade {tag}_peers {{ type ipv4_addr; flags interval; }}");
+                let _ = writeln!(
+                    s,
+                    "add set inet palisade {tag}_peers {{ type ipv4_addr; flags interval; }}"
+                );
                 if !elements.is_empty() {
-                    let _ = writeln!(s, "add element inet palisade {tag}_peers {{ {} }}", elements.join(", "));
+                    let _ = writeln!(
+                        s,
+                        "add element inet palisade {tag}_peers {{ {} }}",
+                        elements.join(", ")
+                    );
                 }
                 format!("ip {field} @{tag}_peers ")
             }
@@ -1022,11 +1029,18 @@ fn old_layout_script(
                     .map(|p| format!("{} . {}-{}", p.protocol.as_str(), p.first, p.last))
                     .collect();
                 count += elements.len();
-                let _ = writeln!(s, "add set inet palisade {tag}_ports {{ type inet_proto . inet_service; flags interval; elements = {{ {} }} }}", elements.join(", "));
+                let _ = writeln!(
+                    s,
+                    "add set inet palisade {tag}_ports {{ type inet_proto . inet_service; flags interval; elements = {{ {} }} }}",
+                    elements.join(", ")
+                );
                 format!("meta l4proto . th dport @{tag}_ports ")
             }
         };
-        let _ = writeln!(s, "add rule inet palisade {chain} {peer}{port}counter {verdict}");
+        let _ = writeln!(
+            s,
+            "add rule inet palisade {chain} {peer}{port}counter {verdict}"
+        );
     }
     let _ = writeln!(s, "add rule inet palisade {chain} counter drop");
     Ok((s, count))

@@ -82,7 +82,6 @@ fn push_elements(current: &mut Option<(String, Vec<String>)>, text: &str) {
     }
 }
 
-
 /// `counter packets 12 bytes 720` -> `counter packets _ bytes _`.
 fn mask_counters(line: &str) -> String {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -97,7 +96,11 @@ fn mask_counters(line: &str) -> String {
             out.push(w);
         }
     }
-    if masked { out.join(" ") } else { line.to_string() }
+    if masked {
+        out.join(" ")
+    } else {
+        line.to_string()
+    }
 }
 
 #[cfg(test)]

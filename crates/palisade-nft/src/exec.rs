@@ -256,18 +256,32 @@ fn statements(script: &str) -> Vec<String> {
 }
 
 fn element_key(element: &str) -> String {
-    element.split_once(" : ").map_or(element, |(k, _)| k).trim().to_string()
+    element
+        .split_once(" : ")
+        .map_or(element, |(k, _)| k)
+        .trim()
+        .to_string()
 }
 
 /// `{ a, b }` -> [a, b]
 fn brace_list(text: &str) -> Vec<String> {
     let inner = text.trim().trim_start_matches('{').trim_end_matches('}');
-    inner.split(',').map(|e| e.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|e| !e.is_empty()).collect()
+    inner
+        .split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
-fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Result<Option<String>, String> {
+fn apply_statement(
+    tables: &mut BTreeMap<String, FakeTable>,
+    stmt: &str,
+) -> Result<Option<String>, String> {
     let words: Vec<&str> = stmt.split_whitespace().collect();
-    let (verb, what) = (words.first().copied().unwrap_or(""), words.get(1).copied().unwrap_or(""));
+    let (verb, what) = (
+        words.first().copied().unwrap_or(""),
+        words.get(1).copied().unwrap_or(""),
+    );
     if what == "table" {
         let name = words.get(3).ok_or("table name missing")?.to_string();
         return match verb {
@@ -275,8 +289,14 @@ fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Resu
                 tables.entry(name).or_default();
                 Ok(None)
             }
-            "delete" => tables.remove(&name).map(|_| None).ok_or(format!("No such file or directory: table {name}")),
-            "list" => tables.get(&name).map(|t| Some(t.dump())).ok_or(format!("No such file or directory: table {name}")),
+            "delete" => tables
+                .remove(&name)
+                .map(|_| None)
+                .ok_or(format!("No such file or directory: table {name}")),
+            "list" => tables
+                .get(&name)
+                .map(|t| Some(t.dump()))
+                .ok_or(format!("No such file or directory: table {name}")),
             _ => Err(format!("unsupported statement: {stmt}")),
         };
     }
@@ -285,7 +305,9 @@ fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Resu
     }
     let table_name = words.get(3).ok_or("table name missing")?;
     let name = words.get(4).ok_or("object name missing")?.to_string();
-    let table = tables.get_mut(*table_name).ok_or(format!("No such file or directory: table {table_name}"))?;
+    let table = tables
+        .get_mut(*table_name)
+        .ok_or(format!("No such file or directory: table {table_name}"))?;
     let rest = words.get(5..).map(|w| w.join(" ")).unwrap_or_default();
     match (verb, what) {
         ("add", "chain") => {
@@ -304,14 +326,27 @@ fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Resu
                     return Err(format!("No such file or directory: chain {}", pair[1]));
                 }
             }
-            table.chains.get_mut(&name).ok_or(format!("No such file or directory: chain {name}"))?.push(rest);
+            table
+                .chains
+                .get_mut(&name)
+                .ok_or(format!("No such file or directory: chain {name}"))?
+                .push(rest);
         }
-        ("flush", "chain") => table.chains.get_mut(&name).ok_or(format!("No such file or directory: chain {name}"))?.clear(),
+        ("flush", "chain") => table
+            .chains
+            .get_mut(&name)
+            .ok_or(format!("No such file or directory: chain {name}"))?
+            .clear(),
         ("delete", "chain") => {
             if table.referenced(&name) {
-                return Err(format!("Device or resource busy: chain {name} is still referenced"));
+                return Err(format!(
+                    "Device or resource busy: chain {name} is still referenced"
+                ));
             }
-            table.chains.remove(&name).ok_or(format!("No such file or directory: chain {name}"))?;
+            table
+                .chains
+                .remove(&name)
+                .ok_or(format!("No such file or directory: chain {name}"))?;
         }
         ("add", "set" | "map") => {
             let body = rest.trim().trim_start_matches('{').trim_end_matches('}');
@@ -319,10 +354,18 @@ fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Resu
                 Some((d, e)) => (d, brace_list(e)),
                 None => (body, Vec::new()),
             };
-            let decl = format!("{what} {}", decl_part.split_whitespace().collect::<Vec<_>>().join(" "));
-            let (existing_decl, set) = table.sets.entry(name.clone()).or_insert_with(|| (decl.clone(), BTreeMap::new()));
+            let decl = format!(
+                "{what} {}",
+                decl_part.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            let (existing_decl, set) = table
+                .sets
+                .entry(name.clone())
+                .or_insert_with(|| (decl.clone(), BTreeMap::new()));
             if *existing_decl != decl {
-                return Err(format!("File exists: {name} is declared as `{existing_decl}`"));
+                return Err(format!(
+                    "File exists: {name} is declared as `{existing_decl}`"
+                ));
             }
             for e in elements {
                 let key = element_key(&e);
@@ -332,17 +375,33 @@ fn apply_statement(tables: &mut BTreeMap<String, FakeTable>, stmt: &str) -> Resu
                 set.insert(key, e);
             }
         }
-        ("flush", "set" | "map") => table.sets.get_mut(&name).ok_or(format!("No such file or directory: {what} {name}"))?.1.clear(),
+        ("flush", "set" | "map") => table
+            .sets
+            .get_mut(&name)
+            .ok_or(format!("No such file or directory: {what} {name}"))?
+            .1
+            .clear(),
         ("delete", "set" | "map") => {
             if table.referenced(&format!("@{name}")) {
-                return Err(format!("Device or resource busy: {what} {name} is still referenced"));
+                return Err(format!(
+                    "Device or resource busy: {what} {name} is still referenced"
+                ));
             }
-            table.sets.remove(&name).ok_or(format!("No such file or directory: {what} {name}"))?;
+            table
+                .sets
+                .remove(&name)
+                .ok_or(format!("No such file or directory: {what} {name}"))?;
         }
         ("delete", "element") => {
-            let set = &mut table.sets.get_mut(&name).ok_or(format!("No such file or directory: set {name}"))?.1;
+            let set = &mut table
+                .sets
+                .get_mut(&name)
+                .ok_or(format!("No such file or directory: set {name}"))?
+                .1;
             for key in brace_list(&rest) {
-                set.remove(&key).ok_or(format!("No such file or directory: element {key} of {name}"))?;
+                set.remove(&key).ok_or(format!(
+                    "No such file or directory: element {key} of {name}"
+                ))?;
             }
         }
         _ => return Err(format!("unsupported statement: {stmt}")),

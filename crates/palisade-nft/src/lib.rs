@@ -135,10 +135,15 @@ impl<E: NftExecutor> NftDataplane<E> {
 
     fn check(&self, rs: &NodeRuleset, action: &str) -> Result<(), DataplaneError> {
         if !plan::is_identifier(&self.config.table) {
-            return Err(failed(action, format!("{:?} is not a valid nft table name", self.config.table)));
+            return Err(failed(
+                action,
+                format!("{:?} is not a valid nft table name", self.config.table),
+            ));
         }
-        rs.validate()
-            .map_err(|source| DataplaneError::Invalid { backend: BACKEND, source })
+        rs.validate().map_err(|source| DataplaneError::Invalid {
+            backend: BACKEND,
+            source,
+        })
     }
 }
 
@@ -221,7 +226,10 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
     fn remove(&mut self) -> Result<(), DataplaneError> {
         let action = format!("removal of table inet {}", self.config.table);
         if !plan::is_identifier(&self.config.table) {
-            return Err(failed(&action, format!("{:?} is not a valid nft table name", self.config.table)));
+            return Err(failed(
+                &action,
+                format!("{:?} is not a valid nft table name", self.config.table),
+            ));
         }
         self.executor
             .run(&render_remove(&self.config))
@@ -306,9 +314,24 @@ mod tests {
     fn counters_are_read_per_chain() {
         let listing = "table inet palisade {\n\tchain allow_abc {\n\t\tcomment \"x\"\n\t\tcounter packets 3 bytes 180 accept comment \"ns/p ingress[0]\"\n\t}\n\tchain ingress_ns_a_1234 {\n\t\tip saddr . meta l4proto . th dport vmap @np_x_v4\n\t\tcounter packets 0 bytes 0 drop comment \"default deny: ns/p\"\n\t}\n}\n";
         let got = parse_chain_counters(listing);
-        assert_eq!(got, vec![
-            ("allow_abc".to_string(), Count { packets: 3, bytes: 180 }),
-            ("ingress_ns_a_1234".to_string(), Count { packets: 0, bytes: 0 }),
-        ]);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "allow_abc".to_string(),
+                    Count {
+                        packets: 3,
+                        bytes: 180
+                    }
+                ),
+                (
+                    "ingress_ns_a_1234".to_string(),
+                    Count {
+                        packets: 0,
+                        bytes: 0
+                    }
+                ),
+            ]
+        );
     }
 }

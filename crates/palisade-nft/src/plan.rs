@@ -31,7 +31,6 @@ pub(crate) enum Family {
 }
 
 impl Family {
-
     pub fn of(ip: &IpAddr) -> Family {
         if ip.is_ipv4() { Family::V4 } else { Family::V6 }
     }
@@ -107,7 +106,11 @@ pub(crate) struct Plan {
 
 pub(crate) fn short_hash(input: &str, hex_len: usize) -> String {
     let digest = Sha256::digest(input.as_bytes());
-    let hex: String = digest.iter().take(hex_len.div_ceil(2)).map(|b| format!("{b:02x}")).collect();
+    let hex: String = digest
+        .iter()
+        .take(hex_len.div_ceil(2))
+        .map(|b| format!("{b:02x}"))
+        .collect();
     hex[..hex_len].to_string()
 }
 
@@ -150,7 +153,9 @@ pub(crate) fn endpoint_chain(endpoint: &str, direction: Direction) -> String {
 /// Rule chains are named `allow_`, `deny_` or `pass_` + hash; endpoint chains start with
 /// their direction.
 pub(crate) fn is_rule_chain(name: &str) -> bool {
-    ["allow_", "deny_", "pass_"].iter().any(|p| name.starts_with(p))
+    ["allow_", "deny_", "pass_"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// The chain that counts (and carries out) one rule's verdict.
@@ -274,7 +279,13 @@ fn assign(rs: &NodeRuleset, rules: &[AllowRule], active: &[usize]) -> Assignment
                 .map(|(i, _)| *i);
             if let Some(owner) = owner {
                 match ports.last_mut() {
-                    Some((p, _, last, o)) if *p == protocol && *o == owner && u32::from(*last) + 1 == u32::from(a) => *last = b,
+                    Some((p, _, last, o))
+                        if *p == protocol
+                            && *o == owner
+                            && u32::from(*last) + 1 == u32::from(a) =>
+                    {
+                        *last = b
+                    }
                     _ => ports.push((protocol, a, b, owner)),
                 }
             }
@@ -384,7 +395,10 @@ impl Planner<'_> {
     pub fn plan(&self) -> Plan {
         let rs = self.rs;
         let mut plan = Plan::default();
-        let mut dispatch: BTreeMap<&str, BTreeSet<String>> = DISPATCH.iter().map(|(n, _, _)| (*n, BTreeSet::new())).collect();
+        let mut dispatch: BTreeMap<&str, BTreeSet<String>> = DISPATCH
+            .iter()
+            .map(|(n, _, _)| (*n, BTreeSet::new()))
+            .collect();
         for ep in rs.endpoints.values() {
             for direction in Direction::BOTH {
                 let rules = ep.direction(direction);
@@ -394,14 +408,24 @@ impl Planner<'_> {
                 }
                 let chain = endpoint_chain(&ep.name, direction);
                 for ip in &ep.ips {
-                    let (map, _, _) = DISPATCH.iter().find(|(_, d, f)| *d == direction && *f == Family::of(ip)).copied().unwrap_or(DISPATCH[0]);
-                    dispatch.get_mut(map).map(|m| m.insert(format!("{ip} : jump {chain}")));
+                    let (map, _, _) = DISPATCH
+                        .iter()
+                        .find(|(_, d, f)| *d == direction && *f == Family::of(ip))
+                        .copied()
+                        .unwrap_or(DISPATCH[0]);
+                    dispatch
+                        .get_mut(map)
+                        .map(|m| m.insert(format!("{ip} : jump {chain}")));
                 }
                 self.endpoint_chains(&mut plan, ep, direction, rules, chain);
             }
         }
         for (name, elements) in dispatch {
-            let family = if name.ends_with("_v6") { Family::V6 } else { Family::V4 };
+            let family = if name.ends_with("_v6") {
+                Family::V6
+            } else {
+                Family::V4
+            };
             plan.sets.insert(
                 name.to_string(),
                 Arc::new(SetDef {
@@ -415,7 +439,14 @@ impl Planner<'_> {
         plan
     }
 
-    fn endpoint_chains(&self, plan: &mut Plan, ep: &Endpoint, direction: Direction, rules: &DirectionRules, chain: String) {
+    fn endpoint_chains(
+        &self,
+        plan: &mut Plan,
+        ep: &Endpoint,
+        direction: Direction,
+        rules: &DirectionRules,
+        chain: String,
+    ) {
         let families: BTreeSet<Family> = ep.ips.iter().map(Family::of).collect();
         let label = format!("{} {}", ep.name, direction.as_str());
         let mut body = Vec::new();
@@ -427,7 +458,14 @@ impl Planner<'_> {
         let mut tail_chain = chain.clone();
         if !rules.admin.is_empty() {
             body.push(format!("goto {rest}"));
-            plan.chains.insert(chain.clone(), Arc::new(ChainDef { comment: comment(&format!("{label}: admin tier")), rules: std::mem::take(&mut body), counter: None }));
+            plan.chains.insert(
+                chain.clone(),
+                Arc::new(ChainDef {
+                    comment: comment(&format!("{label}: admin tier")),
+                    rules: std::mem::take(&mut body),
+                    counter: None,
+                }),
+            );
             tail_chain = rest.clone();
         }
         let mut counter = None;
@@ -436,12 +474,18 @@ impl Planner<'_> {
             for family in &families {
                 let (concat, any) = self.class_maps(plan, &class, direction, rules, *family);
                 let (field, fam) = (peer_field(direction), family.keyword());
-                body.push(format!("{fam} {field} . meta l4proto . th dport vmap @{concat}"));
+                body.push(format!(
+                    "{fam} {field} . meta l4proto . th dport vmap @{concat}"
+                ));
                 if let Some(any) = any {
                     body.push(format!("{fam} {field} vmap @{any}"));
                 }
             }
-            let deny = if rules.isolated_by.is_empty() { "default deny".to_string() } else { format!("default deny: {}", rules.isolated_by.join(", ")) };
+            let deny = if rules.isolated_by.is_empty() {
+                "default deny".to_string()
+            } else {
+                format!("default deny: {}", rules.isolated_by.join(", "))
+            };
             body.push(format!("counter drop comment {}", comment(&deny)));
             counter = Some(CounterOwner::DefaultDeny(ep.name.clone(), direction));
         } else {
@@ -452,12 +496,26 @@ impl Planner<'_> {
             // an ingress check falls off the chain and the base chain accepts.
             body.push("return".to_string());
         }
-        plan.chains.insert(tail_chain, Arc::new(ChainDef { comment: comment(&label), rules: body, counter }));
+        plan.chains.insert(
+            tail_chain,
+            Arc::new(ChainDef {
+                comment: comment(&label),
+                rules: body,
+                counter,
+            }),
+        );
     }
 
     /// The class maps of one family (reused when none of their sets changed); returns the
     /// names of the port map and, if any rule takes every port, of the address-only map.
-    fn class_maps(&self, plan: &mut Plan, class: &str, direction: Direction, rules: &DirectionRules, family: Family) -> (String, Option<String>) {
+    fn class_maps(
+        &self,
+        plan: &mut Plan,
+        class: &str,
+        direction: Direction,
+        rules: &DirectionRules,
+        family: Family,
+    ) -> (String, Option<String>) {
         let concat_name = format!("np_{class}{}", family.suffix());
         let any_name = format!("npany_{class}{}", family.suffix());
         let has_any = rules.rules.iter().any(|r| r.ports == PortMatch::Any);
@@ -473,15 +531,31 @@ impl Planner<'_> {
         });
         let reused = self.reuse.filter(|_| unchanged).and_then(|old| {
             let concat = old.sets.get(&concat_name)?.clone();
-            let any = if has_any { Some(old.sets.get(&any_name)?.clone()) } else { None };
+            let any = if has_any {
+                Some(old.sets.get(&any_name)?.clone())
+            } else {
+                None
+            };
             Some((concat, any))
         });
         let (concat, any) = reused.unwrap_or_else(|| {
             let (concat, any) = class_elements(self.rs, &rules.rules, family);
             let addr = family.addr_type();
             (
-                Arc::new(SetDef { type_spec: format!("{addr} . inet_proto . inet_service : verdict"), is_map: true, interval: true, elements: concat }),
-                has_any.then(|| Arc::new(SetDef { type_spec: format!("{addr} : verdict"), is_map: true, interval: true, elements: any })),
+                Arc::new(SetDef {
+                    type_spec: format!("{addr} . inet_proto . inet_service : verdict"),
+                    is_map: true,
+                    interval: true,
+                    elements: concat,
+                }),
+                has_any.then(|| {
+                    Arc::new(SetDef {
+                        type_spec: format!("{addr} : verdict"),
+                        is_map: true,
+                        interval: true,
+                        elements: any,
+                    })
+                }),
             )
         });
         plan.sets.insert(concat_name.clone(), concat);
@@ -491,7 +565,13 @@ impl Planner<'_> {
         (concat_name, has_any.then_some(any_name))
     }
 
-    fn rule_chain(&self, plan: &mut Plan, origin: &RuleOrigin, action: Action, direction: Direction) -> String {
+    fn rule_chain(
+        &self,
+        plan: &mut Plan,
+        origin: &RuleOrigin,
+        action: Action,
+        direction: Direction,
+    ) -> String {
         let name = rule_chain(origin, action);
         if !plan.chains.contains_key(&name) {
             let verdict = match (action, direction) {
@@ -500,27 +580,64 @@ impl Planner<'_> {
                 // Egress allowed: back to the base chain, where the ingress check runs.
                 (_, Direction::Egress) => "return",
             };
-            plan.chains.insert(name.clone(), Arc::new(ChainDef {
-                comment: comment(&origin.to_string()),
-                rules: vec![format!("counter {verdict} comment {}", comment(&origin.to_string()))],
-                counter: Some(CounterOwner::Rule(origin.clone())),
-            }));
+            plan.chains.insert(
+                name.clone(),
+                Arc::new(ChainDef {
+                    comment: comment(&origin.to_string()),
+                    rules: vec![format!(
+                        "counter {verdict} comment {}",
+                        comment(&origin.to_string())
+                    )],
+                    counter: Some(CounterOwner::Rule(origin.clone())),
+                }),
+            );
         }
         name
     }
 
     /// One ordered admin/baseline rule per family, through kernel sets named by set id.
-    fn tier_rule(&self, plan: &mut Plan, families: &BTreeSet<Family>, direction: Direction, rule: &TierRule, rest: &str, body: &mut Vec<String>) {
+    fn tier_rule(
+        &self,
+        plan: &mut Plan,
+        families: &BTreeSet<Family>,
+        direction: Direction,
+        rule: &TierRule,
+        rest: &str,
+        body: &mut Vec<String>,
+    ) {
         let verdict = match rule.action {
             Action::Pass => format!("goto {rest}"),
-            action => format!("goto {}", self.rule_chain(plan, &rule.origin, action, direction)),
+            action => format!(
+                "goto {}",
+                self.rule_chain(plan, &rule.origin, action, direction)
+            ),
         };
         let ports = match &rule.ports {
             PortMatch::Any => String::new(),
             PortMatch::Set(id) => {
                 let name = tier_port_set(id);
-                let elements = self.rs.port_sets.get(id).map(|s| s.ranges.iter().map(|r| format!("{} . {}", r.protocol.as_str(), port_text(r.first, r.last))).collect()).unwrap_or_default();
-                plan.sets.insert(name.clone(), Arc::new(SetDef { type_spec: "inet_proto . inet_service".into(), is_map: false, interval: true, elements }));
+                let elements = self
+                    .rs
+                    .port_sets
+                    .get(id)
+                    .map(|s| {
+                        s.ranges
+                            .iter()
+                            .map(|r| {
+                                format!("{} . {}", r.protocol.as_str(), port_text(r.first, r.last))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                plan.sets.insert(
+                    name.clone(),
+                    Arc::new(SetDef {
+                        type_spec: "inet_proto . inet_service".into(),
+                        is_map: false,
+                        interval: true,
+                        elements,
+                    }),
+                );
                 format!("meta l4proto . th dport @{name} ")
             }
         };
@@ -529,9 +646,24 @@ impl Planner<'_> {
             PeerMatch::Set(id) => {
                 for family in families {
                     let name = tier_peer_set(id, *family);
-                    let elements = peer_spans(self.rs, &rule.peers, *family).into_iter().map(|(a, b)| interval_text(a, b, *family)).collect();
-                    plan.sets.insert(name.clone(), Arc::new(SetDef { type_spec: family.addr_type().into(), is_map: false, interval: true, elements }));
-                    body.push(format!("{} {} @{name} {ports}{verdict}", family.keyword(), peer_field(direction)));
+                    let elements = peer_spans(self.rs, &rule.peers, *family)
+                        .into_iter()
+                        .map(|(a, b)| interval_text(a, b, *family))
+                        .collect();
+                    plan.sets.insert(
+                        name.clone(),
+                        Arc::new(SetDef {
+                            type_spec: family.addr_type().into(),
+                            is_map: false,
+                            interval: true,
+                            elements,
+                        }),
+                    );
+                    body.push(format!(
+                        "{} {} @{name} {ports}{verdict}",
+                        family.keyword(),
+                        peer_field(direction)
+                    ));
                 }
             }
         }
@@ -556,15 +688,27 @@ mod tests {
         let a = endpoint_chain("default/web-1", Direction::Ingress);
         assert!(a.starts_with("ingress_default_web_1_"), "{a}");
         assert_ne!(a, endpoint_chain("default/web.1", Direction::Ingress));
-        assert!(is_identifier(&endpoint_chain(&format!("ns/{}", "x".repeat(250)), Direction::Egress)));
+        assert!(is_identifier(&endpoint_chain(
+            &format!("ns/{}", "x".repeat(250)),
+            Direction::Egress
+        )));
         assert!(is_identifier(&endpoint_chain("//", Direction::Egress)));
     }
 
     #[test]
     fn intervals_render_as_prefixes_when_they_are() {
-        assert_eq!(interval_text(0x0a000000, 0x0a0000ff, Family::V4), "10.0.0.0/24");
-        assert_eq!(interval_text(0x0a000001, 0x0a000002, Family::V4), "10.0.0.1-10.0.0.2");
-        assert_eq!(interval_text(0x0a000001, 0x0a000001, Family::V4), "10.0.0.1");
+        assert_eq!(
+            interval_text(0x0a000000, 0x0a0000ff, Family::V4),
+            "10.0.0.0/24"
+        );
+        assert_eq!(
+            interval_text(0x0a000001, 0x0a000002, Family::V4),
+            "10.0.0.1-10.0.0.2"
+        );
+        assert_eq!(
+            interval_text(0x0a000001, 0x0a000001, Family::V4),
+            "10.0.0.1"
+        );
         assert_eq!(interval_text(0, u32::MAX.into(), Family::V4), "0.0.0.0/0");
     }
 }
@@ -594,7 +738,12 @@ mod class_tests {
     }
 
     /// What the kernel does with the rendered class maps: the element matching the packet.
-    fn lookup(concat: &BTreeSet<String>, any: &BTreeSet<String>, peer: u128, transport: Transport) -> Option<String> {
+    fn lookup(
+        concat: &BTreeSet<String>,
+        any: &BTreeSet<String>,
+        peer: u128,
+        transport: Transport,
+    ) -> Option<String> {
         let hits: Vec<String> = match transport {
             Transport::Port(p, port) => concat
                 .iter()
@@ -603,7 +752,11 @@ mod class_tests {
                     let parts: Vec<&str> = key.split(" . ").collect();
                     let (a, b) = parse_interval(parts[0]);
                     let (pf, pl) = parts[2].split_once('-').map_or((parts[2], parts[2]), |x| x);
-                    let ok = a <= peer && peer <= b && parts[1] == p.as_str() && pf.parse::<u16>().unwrap() <= port && port <= pl.parse::<u16>().unwrap();
+                    let ok = a <= peer
+                        && peer <= b
+                        && parts[1] == p.as_str()
+                        && pf.parse::<u16>().unwrap() <= port
+                        && port <= pl.parse::<u16>().unwrap();
                     ok.then(|| chain.to_string())
                 })
                 .collect(),
@@ -628,7 +781,11 @@ mod class_tests {
     fn rules_strategy() -> impl Strategy<Value = (NodeRuleset, Vec<AllowRule>)> {
         let peer = prop_oneof![
             Just(None),
-            (proptest::collection::btree_set(0u8..16, 0..5), proptest::collection::vec((0u8..16, 28u8..=32), 0..3)).prop_map(Some),
+            (
+                proptest::collection::btree_set(0u8..16, 0..5),
+                proptest::collection::vec((0u8..16, 28u8..=32), 0..3)
+            )
+                .prop_map(Some),
         ];
         let port = prop_oneof![Just(None), (0u8..3, 75u16..90, 0u16..6).prop_map(Some)];
         proptest::collection::vec((peer, port), 1..6).prop_map(|specs| {
@@ -640,25 +797,53 @@ mod class_tests {
                     Some((addrs, nets)) => {
                         let mut blocks: Vec<ipnet::IpNet> = nets
                             .into_iter()
-                            .map(|(a, len)| ipnet::IpNet::new(IpAddr::from([10, 0, 0, a]), len).unwrap().trunc())
+                            .map(|(a, len)| {
+                                ipnet::IpNet::new(IpAddr::from([10, 0, 0, a]), len)
+                                    .unwrap()
+                                    .trunc()
+                            })
                             .collect();
                         blocks.sort_by_key(|n| (n.network(), n.prefix_len()));
                         blocks.dedup_by(|b, a| a.contains(&b.network()));
                         let id = SetId(format!("peer_{i}"));
-                        rs.peer_sets.insert(id.clone(), PeerSet { addresses: addrs.into_iter().map(|a| IpAddr::from([10, 0, 0, a])).collect(), blocks });
+                        rs.peer_sets.insert(
+                            id.clone(),
+                            PeerSet {
+                                addresses: addrs
+                                    .into_iter()
+                                    .map(|a| IpAddr::from([10, 0, 0, a]))
+                                    .collect(),
+                                blocks,
+                            },
+                        );
                         PeerMatch::Set(id)
                     }
                 };
                 let ports = match port {
                     None => PortMatch::Any,
                     Some((p, first, len)) => {
-                        let set = PortSet { ranges: vec![PortRange { protocol: Protocol::ALL[p as usize], first, last: first + len }] };
+                        let set = PortSet {
+                            ranges: vec![PortRange {
+                                protocol: Protocol::ALL[p as usize],
+                                first,
+                                last: first + len,
+                            }],
+                        };
                         let id = set.id();
                         rs.port_sets.insert(id.clone(), set);
                         PortMatch::Set(id)
                     }
                 };
-                rules.push(AllowRule { peers, ports, origin: RuleOrigin { policy_namespace: "ns".into(), policy_name: format!("p{i}"), direction: Direction::Ingress, rule_index: i } });
+                rules.push(AllowRule {
+                    peers,
+                    ports,
+                    origin: RuleOrigin {
+                        policy_namespace: "ns".into(),
+                        policy_name: format!("p{i}"),
+                        direction: Direction::Ingress,
+                        rule_index: i,
+                    },
+                });
             }
             (rs, rules)
         })

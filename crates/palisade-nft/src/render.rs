@@ -43,7 +43,12 @@ fn kind(set: &SetDef) -> &'static str {
 /// `add map inet T NAME { type ...; flags interval; elements = { ... } }`: declares the
 /// set if missing and adds `elements` (nothing when empty).
 fn declare(s: &mut String, t: &str, name: &str, set: &SetDef, elements: &BTreeSet<String>) {
-    let _ = write!(s, "add {} inet {t} {name} {{ type {};", kind(set), set.type_spec);
+    let _ = write!(
+        s,
+        "add {} inet {t} {name} {{ type {};",
+        kind(set),
+        set.type_spec
+    );
     if set.interval {
         s.push_str(" flags interval;");
     }
@@ -59,7 +64,11 @@ fn declare(s: &mut String, t: &str, name: &str, set: &SetDef, elements: &BTreeSe
 }
 
 fn chain_decl(s: &mut String, t: &str, name: &str, chain: &ChainDef) {
-    let _ = writeln!(s, "add chain inet {t} {name} {{ comment {}; }}", chain.comment);
+    let _ = writeln!(
+        s,
+        "add chain inet {t} {name} {{ comment {}; }}",
+        chain.comment
+    );
 }
 
 fn chain_rules(s: &mut String, t: &str, name: &str, chain: &ChainDef) {
@@ -72,11 +81,25 @@ fn chain_rules(s: &mut String, t: &str, name: &str, chain: &ChainDef) {
 pub(crate) fn full(plan: &Plan, node: &str, t: &str) -> Script {
     let mut s = String::new();
     let mut ops = 2;
-    let node: String = node.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    let _ = writeln!(s, "# palisade-nft: NetworkPolicy ruleset for node {node:?}, generated; do not edit.");
-    let _ = writeln!(s, "# One transaction (nft -f): make sure the table exists, delete it, create it whole.");
-    let _ = writeln!(s, "add table inet {t}\ndelete table inet {t}\nadd table inet {t}");
-    s.push_str("# Rule chains count one policy rule each; endpoint chains end in their default deny.\n");
+    let node: String = node
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let _ = writeln!(
+        s,
+        "# palisade-nft: NetworkPolicy ruleset for node {node:?}, generated; do not edit."
+    );
+    let _ = writeln!(
+        s,
+        "# One transaction (nft -f): make sure the table exists, delete it, create it whole."
+    );
+    let _ = writeln!(
+        s,
+        "add table inet {t}\ndelete table inet {t}\nadd table inet {t}"
+    );
+    s.push_str(
+        "# Rule chains count one policy rule each; endpoint chains end in their default deny.\n",
+    );
     for (name, chain) in &plan.chains {
         ops += 1;
         chain_decl(&mut s, t, name, chain);
@@ -92,7 +115,10 @@ pub(crate) fn full(plan: &Plan, node: &str, t: &str) -> Script {
     }
     ops += 7;
     s.push_str(&BASE_CHAIN.replace("TABLE", t));
-    Script { text: s, operations: ops }
+    Script {
+        text: s,
+        operations: ops,
+    }
 }
 
 /// Moves a table holding `old` to `new` in one transaction, touching only what changed.
@@ -102,7 +128,9 @@ pub(crate) fn update(old: &Plan, new: &Plan, t: &str) -> Script {
     let mut s = String::new();
     let mut ops = 0;
     let changed_chain = |name: &String, chain: &Arc<ChainDef>| {
-        old.chains.get(name).is_none_or(|o| !Arc::ptr_eq(o, chain) && **o != **chain)
+        old.chains
+            .get(name)
+            .is_none_or(|o| !Arc::ptr_eq(o, chain) && **o != **chain)
     };
     // 1. New chains, empty (maps may name them).
     for (name, chain) in &new.chains {
@@ -122,7 +150,8 @@ pub(crate) fn update(old: &Plan, new: &Plan, t: &str) -> Script {
         if Arc::ptr_eq(before, set) || before.elements == set.elements {
             continue;
         }
-        let removed: BTreeSet<String> = before.elements.difference(&set.elements).cloned().collect();
+        let removed: BTreeSet<String> =
+            before.elements.difference(&set.elements).cloned().collect();
         let added: BTreeSet<String> = set.elements.difference(&before.elements).cloned().collect();
         if set.interval && !removed.is_empty() {
             ops += 1 + set.elements.len();
@@ -132,7 +161,11 @@ pub(crate) fn update(old: &Plan, new: &Plan, t: &str) -> Script {
         }
         if !removed.is_empty() {
             ops += removed.len();
-            let _ = writeln!(s, "delete element inet {t} {name} {{ {} }}", keys(&removed).join(", "));
+            let _ = writeln!(
+                s,
+                "delete element inet {t} {name} {{ {} }}",
+                keys(&removed).join(", ")
+            );
         }
         ops += added.len();
         declare(&mut s, t, name, set, &added);
@@ -150,7 +183,11 @@ pub(crate) fn update(old: &Plan, new: &Plan, t: &str) -> Script {
     // 4. What nothing refers to any more, each after what referred to it: endpoint chains
     //    (out of the dispatch maps since step 2), then sets and maps (their chains are
     //    gone or refilled), then rule chains (out of the class maps).
-    let gone_chains: Vec<&String> = old.chains.keys().filter(|n| !new.chains.contains_key(*n)).collect();
+    let gone_chains: Vec<&String> = old
+        .chains
+        .keys()
+        .filter(|n| !new.chains.contains_key(*n))
+        .collect();
     let (rule_chains, endpoint_chains): (Vec<&String>, Vec<&String>) =
         gone_chains.into_iter().partition(|n| is_rule_chain(n));
     for name in endpoint_chains {
@@ -166,7 +203,10 @@ pub(crate) fn update(old: &Plan, new: &Plan, t: &str) -> Script {
         let _ = writeln!(s, "delete chain inet {t} {name}");
     }
     debug_assert!(DISPATCH.iter().all(|(n, _, _)| new.sets.contains_key(*n)));
-    Script { text: s, operations: ops }
+    Script {
+        text: s,
+        operations: ops,
+    }
 }
 
 /// The key part of map elements (`key : verdict`), what `delete element` takes.

@@ -12,8 +12,13 @@ fn dataplane() -> NftDataplane<FakeNft> {
     NftDataplane::new(FakeNft::new(), Config::default())
 }
 
-fn update(dp: &mut NftDataplane<FakeNft>, a: &NodeRuleset, b: &NodeRuleset) -> palisade_ir::ApplyReport {
-    dp.apply_update(a, b, &RulesetDiff::between(a, b)).expect("apply_update")
+fn update(
+    dp: &mut NftDataplane<FakeNft>,
+    a: &NodeRuleset,
+    b: &NodeRuleset,
+) -> palisade_ir::ApplyReport {
+    dp.apply_update(a, b, &RulesetDiff::between(a, b))
+        .expect("apply_update")
 }
 
 /// The table a full apply of `rs` leaves in a fresh fake.
@@ -30,7 +35,10 @@ fn apply_full_sends_the_full_render_once() {
     let report = dp.apply_full(&rs).expect("apply_full");
     assert!(report.full);
     assert!(report.operations > rs.stats().endpoints, "{report:?}");
-    assert_eq!(dp.executor().scripts, vec![render_full(&rs, &Config::default())]);
+    assert_eq!(
+        dp.executor().scripts,
+        vec![render_full(&rs, &Config::default())]
+    );
 }
 
 #[test]
@@ -47,9 +55,17 @@ fn update_equals_full_as_table_state_for_every_pair_and_random_chains() {
             let mut dp = dataplane();
             dp.apply_full(a).unwrap();
             let report = update(&mut dp, a, b);
-            assert!(!report.full, "{i}->{j}: fell back to a full apply: {:?}", dp.executor().last());
+            assert!(
+                !report.full,
+                "{i}->{j}: fell back to a full apply: {:?}",
+                dp.executor().last()
+            );
             let got = dp.executor().table("palisade").unwrap();
-            assert!(got == expected[j], "{i} -> {j}: update differs from full:\n{}", common::diff(&expected[j], &got));
+            assert!(
+                got == expected[j],
+                "{i} -> {j}: update differs from full:\n{}",
+                common::diff(&expected[j], &got)
+            );
         }
     }
     // A long chain of updates never drifts from what a full apply would hold.
@@ -58,7 +74,10 @@ fn update_equals_full_as_table_state_for_every_pair_and_random_chains() {
     for w in scenarios.windows(2) {
         update(&mut dp, &w[0], &w[1]);
     }
-    assert_eq!(dp.executor().table("palisade").unwrap(), *expected.last().unwrap());
+    assert_eq!(
+        dp.executor().table("palisade").unwrap(),
+        *expected.last().unwrap()
+    );
 }
 
 #[test]
@@ -77,7 +96,8 @@ fn rejected_update_falls_back_to_a_full_replace() {
     let (a, b) = (&fixtures[1].1, &common::combined());
     let mut dp = dataplane();
     dp.apply_full(a).unwrap();
-    dp.executor_mut().push_failure("Error: Could not process rule: No such file or directory");
+    dp.executor_mut()
+        .push_failure("Error: Could not process rule: No such file or directory");
     let report = update(&mut dp, a, b);
     assert!(report.full, "{report:?}");
     assert_eq!(dp.executor().table("palisade").unwrap(), full_state(b));
@@ -90,8 +110,14 @@ fn failed_full_apply_leaves_the_previous_table_and_names_backend_and_table() {
     dp.apply_full(&fixtures[1].1).unwrap();
     let before = dp.executor().table("palisade");
     dp.executor_mut().push_failure("Error: boom");
-    let err = dp.apply_full(&common::combined()).expect_err("injected").to_string();
-    assert!(err.starts_with("nft: full apply of table inet palisade failed"), "{err}");
+    let err = dp
+        .apply_full(&common::combined())
+        .expect_err("injected")
+        .to_string();
+    assert!(
+        err.starts_with("nft: full apply of table inet palisade failed"),
+        "{err}"
+    );
     assert!(err.contains("boom"), "{err}");
     assert_eq!(dp.executor().table("palisade"), before);
 }
@@ -111,7 +137,14 @@ fn invalid_rulesets_never_reach_nft() {
         let mut rs = ruleset()
             .endpoint("default/web", &["10.0.1.10"])
             .isolate("default/web", Ingress, &["default/p"])
-            .allow("default/web", Ingress, Some(peers(&["10.0.2.1"])), None, "default/p", 0)
+            .allow(
+                "default/web",
+                Ingress,
+                Some(peers(&["10.0.2.1"])),
+                None,
+                "default/p",
+                0,
+            )
             .build();
         rs.endpoints.get_mut("default/web").unwrap().ingress.rules[0].peers =
             PeerMatch::Set(SetId("peer_missing".to_string()));
@@ -124,14 +157,29 @@ fn invalid_rulesets_never_reach_nft() {
     let mut overlapping = Rs(ruleset().0)
         .endpoint("default/web", &["10.0.1.10"])
         .isolate("default/web", Ingress, &["default/p"])
-        .allow("default/web", Ingress, Some(peers(&["10.0.2.0/24"])), None, "default/p", 0)
+        .allow(
+            "default/web",
+            Ingress,
+            Some(peers(&["10.0.2.0/24"])),
+            None,
+            "default/p",
+            0,
+        )
         .build();
     for set in overlapping.peer_sets.values_mut() {
         set.blocks.push("10.0.2.0/25".parse().unwrap());
     }
     let cases = [
-        ("dangling set reference", dangling, "no peer set peer_missing"),
-        ("address on two endpoints", shared_ip, "10.0.1.10 also belongs to endpoint default/a"),
+        (
+            "dangling set reference",
+            dangling,
+            "no peer set peer_missing",
+        ),
+        (
+            "address on two endpoints",
+            shared_ip,
+            "10.0.1.10 also belongs to endpoint default/a",
+        ),
         ("overlapping blocks", overlapping, "sorted and disjoint"),
     ];
     for (name, rs, expected) in cases {
@@ -146,7 +194,12 @@ fn invalid_rulesets_never_reach_nft() {
         assert!(err.contains(expected), "{name}: {err}");
         assert!(dp.executor().scripts.is_empty(), "{name}: reached nft");
     }
-    let mut dp = NftDataplane::new(FakeNft::new(), Config { table: "bad name".to_string() });
+    let mut dp = NftDataplane::new(
+        FakeNft::new(),
+        Config {
+            table: "bad name".to_string(),
+        },
+    );
     assert!(dp.apply_full(&Default::default()).is_err());
     assert!(dp.remove().is_err());
     assert!(dp.executor().scripts.is_empty());

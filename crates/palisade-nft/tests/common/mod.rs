@@ -2,7 +2,6 @@
 //! canonical form of `nft list table`, a line diff, root gating and a netns guard.
 #![allow(dead_code)]
 
-
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
