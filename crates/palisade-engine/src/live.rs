@@ -51,8 +51,20 @@ impl LiveState {
         LiveState::default()
     }
 
+    /// Starts from a state built elsewhere (the cache fills as nodes compile).
+    pub fn from_state(state: ClusterState) -> LiveState {
+        LiveState {
+            state,
+            peers: PeerCache::default(),
+        }
+    }
+
     pub fn state(&self) -> &ClusterState {
         &self.state
+    }
+
+    pub fn into_state(self) -> ClusterState {
+        self.state
     }
 
     /// Creates or replaces one object.

@@ -35,8 +35,9 @@
 //! the generated ones plus the bench namespace's own, a default deny, M ingress policies
 //! selecting the server and M egress policies selecting the client that never match the
 //! measured flow, and one allow per direction named to come last in its chain. The measured
-//! SYN therefore walks, on each node, the base chain, a verdict-map lookup and M+1
-//! set-matching rules before it is allowed. Generated pods are spread `--pods-per-node` per
+//! SYN therefore meets, on each node, the base chain, a dispatch-map lookup and one
+//! class-map lookup (`peer . protocol . port`, whatever M is) before it is allowed; with
+//! `--old-layout`, M+1 set-matching rules instead, as nft did before v2. Generated pods are spread `--pods-per-node` per
 //! node over as many nodes as needed (nodes 0 and 1 among them: their dispatch maps and
 //! chains grow with that density, their peer sets with the whole cluster), or with `--dense`
 //! all on nodes 0 and 1 (maps of N/2 endpoints: a stress far beyond a real node).
@@ -53,9 +54,10 @@
 //! - one long TCP flow with iperf3 (server in the server's netns, client in the client's), on
 //!   both pairs, at the last size.
 //! - at the last size: the time from a change (a relabel of a pod on an enforcing node, a
-//!   policy add selecting one) to the kernel holding it: engine upsert, compile of the node,
-//!   render of the update, `nft -f`, per node (each node runs its own agent: the slower node
-//!   is the latency).
+//!   policy add selecting one) to the kernel holding it: engine upsert (incremental
+//!   `LiveState`, as the agent), compile of the node, the IR diff, and the dataplane's
+//!   `apply_update` (plan, render, `nft -f`), per node (each node runs its own agent: the
+//!   slower node is the latency).
 //! - rule, chain, set and element counts of each enforcing node's table; compile, render and
 //!   full apply times.
 //!
@@ -76,14 +78,14 @@ use std::time::{Duration, Instant};
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::time::{ClockId, clock_gettime};
-use palisade_engine::{ClusterState, Endpoint, Flow};
-use palisade_ir::{Dataplane, NodeRuleset};
+use palisade_engine::{ClusterState, Endpoint, Flow, LiveState};
+use palisade_ir::{Dataplane, NodeRuleset, RulesetDiff};
 use palisade_lab::{Families, Lab, LabPod, LabSpec, ProbeOutcome};
 use palisade_model::{
     Direction, IpBlock, IpFamily, Key, LabelSelector, Labels, Namespace, NetworkPolicy, Object,
     Operator, Peer, Pod, PortMatch, PortSpec, Protocol, Requirement, Rule,
 };
-use palisade_nft::{Config, NftDataplane, NftExecutor, SystemNft, render_full, render_update};
+use palisade_nft::{Config, NftDataplane, NftExecutor, SystemNft, render_full};
 use palisade_testkit::{GenParams, generate_cluster};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -1108,10 +1110,16 @@ fn measure_updates(
     if movable.is_empty() {
         return Err("no pods to relabel".into());
     }
-    let mut nft: Vec<SystemNft> = ENFORCING
-        .iter()
-        .map(|&i| SystemNft::in_netns(b.lab.node_netns(i)))
-        .collect();
+    // As the agent runs it: incremental engine state, and a dataplane per node that keeps
+    // the plan it applied (seeded by one full apply of what the tables already hold).
+    let mut live = LiveState::from_state(std::mem::take(state));
+    let mut dataplanes: Vec<NftDataplane<SystemNft>> = Vec::new();
+    for (i, &node) in ENFORCING.iter().enumerate() {
+        let mut dp = NftDataplane::new(SystemNft::in_netns(b.lab.node_netns(node)), Config::default());
+        dp.apply_full(&rulesets[i]).map_err(|e| e.to_string())?;
+        dataplanes.push(dp);
+    }
+    let _ = &cfg;
     // Until each kind has `updates` changes that reached a kernel (bounded).
     for u in 0..8 * args.updates.max(1) {
         let (r, a) = (relabels.total.len(), adds.total.len());
@@ -1164,24 +1172,31 @@ fn measure_updates(
         };
         // The change, into the engine.
         let t = Instant::now();
-        state.apply(change);
+        live.apply(change);
         let upsert = t.elapsed();
-        // Each node: compile, render, apply (nodes run their own agents: the slower counts).
+        // Each node: compile, diff, apply (nodes run their own agents: the slower counts).
         let mut worst = (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0usize);
         let mut commands = 0;
-        for (i, exec) in nft.iter_mut().enumerate() {
+        for (i, dp) in dataplanes.iter_mut().enumerate() {
             let t0 = Instant::now();
-            let desired = state.compile_node(&local[i]);
+            let desired = live.compile_node(&local[i]);
             let t1 = Instant::now();
-            let script = render_update(&rulesets[i], &desired, &cfg);
+            let diff = RulesetDiff::between(&rulesets[i], &desired);
             let t2 = Instant::now();
-            if !script.is_empty() {
-                exec.run(&script).map_err(|e| format!("update {u}: {e}"))?;
+            let mut ops = 0;
+            if !diff.is_empty() {
+                let report = dp
+                    .apply_update(&rulesets[i], &desired, &diff)
+                    .map_err(|e| format!("update {u}: {e}"))?;
+                if report.full {
+                    return Err(format!("update {u}: nft rejected the update (fell back to full)"));
+                }
+                ops = report.operations;
             }
-            commands += script.lines().count();
+            commands += ops;
             let t3 = Instant::now();
             if (t3 - t0) > worst.0 + worst.1 + worst.2 {
-                worst = (t1 - t0, t2 - t1, t3 - t2, script.lines().count());
+                worst = (t1 - t0, t2 - t1, t3 - t2, ops);
             }
             rulesets[i] = desired;
         }
@@ -1197,7 +1212,7 @@ fn measure_updates(
         s.total.push(upsert + worst.0 + worst.1 + worst.2);
         s.ops.push(worst.3);
         eprintln!(
-            "update {u} ({}): compile {} ms, render {} ms, nft {} ms, {} commands",
+            "update {u} ({}): compile {} ms, diff {} ms, apply {} ms, {} operations",
             if relabel { "relabel" } else { "policy add" },
             ms(worst.0),
             ms(worst.1),
@@ -1210,6 +1225,7 @@ fn measure_updates(
     if !ok.is_connected() {
         return Err(format!("after the updates the measured flow fails: {ok}"));
     }
+    *state = live.into_state();
     Ok((relabels, adds))
 }
 
@@ -1331,8 +1347,8 @@ fn report_updates(name: &str, u: &UpdateSamples) -> String {
     let mut s = String::new();
     s.push_str(&row("engine upsert", &u.upsert));
     s.push_str(&row("compile node", &u.compile));
-    s.push_str(&row("render update", &u.render));
-    s.push_str(&row("nft -f", &u.nft));
+    s.push_str(&row("IR diff", &u.render));
+    s.push_str(&row("apply (plan, render, nft -f)", &u.nft));
     s.push_str(&row("**total**", &u.total));
     let _ = writeln!(
         s,
