@@ -98,6 +98,7 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     counters_read: Option<Instant>,
+    counters_every: Duration,
 }
 
 impl std::fmt::Debug for Controller {
@@ -109,7 +110,7 @@ impl std::fmt::Debug for Controller {
 }
 
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the dataplane's per-rule counters are read into /metrics.
+/// How often the dataplane's per-rule counters are read into /metrics, by default.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Controller {
@@ -128,7 +129,14 @@ impl Controller {
             metrics,
             health,
             counters_read: None,
+            counters_every: COUNTERS_INTERVAL,
         }
+    }
+
+    /// How often the dataplane's counters are read into /metrics (default 10 s).
+    pub fn with_counters_every(mut self, every: Duration) -> Self {
+        self.counters_every = every;
+        self
     }
 
     pub fn state(&self) -> &ClusterState {

@@ -66,6 +66,8 @@ pub struct AgentConfig {
     pub cleanup_on_exit: bool,
     /// Backoff cap for watch retries.
     pub max_backoff: Duration,
+    /// How often the dataplane's counters are read into /metrics.
+    pub counters_every: Duration,
     /// How often a full apply repairs drift (someone editing or flushing the rules).
     pub resync_every: Option<Duration>,
 }
@@ -122,6 +124,7 @@ pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(
         metrics.clone(),
         health.clone(),
     );
+    let controller = controller.with_counters_every(config.counters_every);
     let batch = config.batch;
     let cleanup = config.cleanup_on_exit;
     let controller_thread = std::thread::Builder::new()

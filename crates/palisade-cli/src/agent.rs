@@ -52,6 +52,9 @@ pub struct AgentArgs {
     /// Upper bound of the retry backoff when the API server is unreachable (milliseconds).
     #[arg(long, default_value_t = 5000)]
     pub max_backoff_ms: u64,
+    /// Read the dataplane's per-rule counters into /metrics this often (milliseconds).
+    #[arg(long, default_value_t = 10_000)]
+    pub counters_interval_ms: u64,
     /// Re-apply the whole ruleset this often (seconds), undoing any edit or flush of
     /// Palisade's own rules by someone else; 0 disables it.
     #[arg(long, default_value_t = 300)]
@@ -93,6 +96,7 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         listen: Some(args.listen),
         cleanup_on_exit: args.cleanup_on_exit,
         max_backoff: Duration::from_millis(args.max_backoff_ms),
+        counters_every: Duration::from_millis(args.counters_interval_ms.max(100)),
         resync_every: (args.resync_interval_s > 0)
             .then(|| Duration::from_secs(args.resync_interval_s)),
     };

@@ -125,6 +125,8 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
                     &node0,
                     "--poll-ms",
                     "50",
+                    "--counters-interval-ms",
+                    "200",
                 ])
                 .arg("--manifests")
                 .arg(dir)
@@ -165,6 +167,19 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
     );
     eventually("relabelled client allowed", || {
         probe() == ProbeOutcome::Connected
+    });
+    // The kernel's counters, per policy rule and per endpoint's default deny, reach /metrics.
+    let counter = |metrics: &str, series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    eventually("per-rule and default-deny counters in /metrics", || {
+        http_get(addr, "/metrics").is_some_and(|(_, m)| {
+            counter(&m, "palisade_rule_allowed_packets{namespace=\"demo\",policy=\"web-from-frontend\",direction=\"ingress\",rule=\"0\"}") >= 1.0
+                && counter(&m, "palisade_default_deny_dropped_packets{endpoint=\"demo/web\",direction=\"ingress\"}") >= 1.0
+        })
     });
 
     // An invalid folder is not applied at all: the last valid rules stay.

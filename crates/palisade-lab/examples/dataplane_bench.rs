@@ -450,40 +450,28 @@ struct KernelCounts {
     map_elements: usize,
 }
 
-/// Counts the objects of a rendered full script (one element per line, see render.rs).
+/// Counts the objects of a rendered full script (statements, one element per line
+/// indented by a tab, see palisade-nft's render.rs). Sets and maps both count as sets;
+/// elements of verdict maps (dispatch and class maps) as map elements.
 fn kernel_counts(script: &str) -> KernelCounts {
-    #[derive(PartialEq)]
-    enum In {
-        Nothing,
-        Set,
-        Map,
-        Chain,
-    }
     let mut c = KernelCounts::default();
-    let mut ctx = In::Nothing;
+    let mut in_map = false;
     for line in script.lines() {
-        let tabs = line.len() - line.trim_start_matches('\t').len();
-        let t = line.trim();
-        if tabs == 1 {
-            if t.starts_with("set ") {
-                c.sets += 1;
-                ctx = In::Set;
-            } else if t.starts_with("map ") {
-                ctx = In::Map;
-            } else if t.starts_with("chain ") {
-                c.chains += 1;
-                ctx = In::Chain;
+        if line.starts_with('\t') {
+            if in_map {
+                c.map_elements += 1;
+            } else {
+                c.set_elements += 1;
             }
             continue;
         }
-        let skip = t.is_empty() || t.starts_with('#') || t.starts_with('}');
-        match (tabs, &ctx) {
-            (3, In::Set) if !skip => c.set_elements += 1,
-            (3, In::Map) if !skip => c.map_elements += 1,
-            (2, In::Chain) if !skip && !t.starts_with("type ") && !t.starts_with("comment ") => {
-                c.rules += 1
-            }
-            _ => {}
+        if line.starts_with("add chain ") {
+            c.chains += 1;
+        } else if line.starts_with("add rule ") {
+            c.rules += 1;
+        } else if line.starts_with("add map ") || line.starts_with("add set ") {
+            c.sets += 1;
+            in_map = line.starts_with("add map ");
         }
     }
     c
@@ -1115,7 +1103,10 @@ fn measure_updates(
     let mut live = LiveState::from_state(std::mem::take(state));
     let mut dataplanes: Vec<NftDataplane<SystemNft>> = Vec::new();
     for (i, &node) in ENFORCING.iter().enumerate() {
-        let mut dp = NftDataplane::new(SystemNft::in_netns(b.lab.node_netns(node)), Config::default());
+        let mut dp = NftDataplane::new(
+            SystemNft::in_netns(b.lab.node_netns(node)),
+            Config::default(),
+        );
         dp.apply_full(&rulesets[i]).map_err(|e| e.to_string())?;
         dataplanes.push(dp);
     }
@@ -1189,7 +1180,9 @@ fn measure_updates(
                     .apply_update(&rulesets[i], &desired, &diff)
                     .map_err(|e| format!("update {u}: {e}"))?;
                 if report.full {
-                    return Err(format!("update {u}: nft rejected the update (fell back to full)"));
+                    return Err(format!(
+                        "update {u}: nft rejected the update (fell back to full)"
+                    ));
                 }
                 ops = report.operations;
             }
