@@ -10,7 +10,9 @@
 //! - The node's own traffic to its pods leaves through the node's output path, which no
 //!   backend filters: callers model it by not asking.
 //! - Tiers in order (see [`DirectionRules`]). Within the NetworkPolicy tier every matching
-//!   rule allows; the packet is *counted* on the first one in IR order.
+//!   rule allows; the packet is *counted* on the first matching rule that names its peers,
+//!   or if none does, on the first matching rule that takes any peer (IR order in each).
+//!   Backends look peers up first: a rule for every peer is what is left when none matched.
 
 use std::net::IpAddr;
 
@@ -82,9 +84,13 @@ impl NodeRuleset {
             }
         }
         if rules.isolated {
-            return rules
+            let (named, any): (Vec<_>, Vec<_>) = rules
                 .rules
                 .iter()
+                .partition(|r| matches!(r.peers, PeerMatch::Set(_)));
+            return named
+                .into_iter()
+                .chain(any)
                 .find(|r| {
                     self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport)
                 })

@@ -158,6 +158,16 @@ pub(crate) fn is_rule_chain(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
+/// Group chains (`group_<hash>`) are entered from peer maps and use a port map.
+pub(crate) fn is_group_chain(name: &str) -> bool {
+    name.starts_with("group_")
+}
+
+/// Peer maps (`peers_<class>_v4`) jump to group chains.
+pub(crate) fn is_peer_map(name: &str) -> bool {
+    name.starts_with("peers_")
+}
+
 /// The chain that counts (and carries out) one rule's verdict.
 fn rule_chain(origin: &RuleOrigin, action: Action) -> String {
     let prefix = match action {
@@ -247,36 +257,34 @@ fn port_spans(rs: &NodeRuleset, ports: &PortMatch, protocol: Protocol) -> Vec<(u
     }
 }
 
-/// What the rules active on a piece of address space do with ports: per protocol, port
-/// pieces and the index of the first rule taking them; and the first rule taking every
-/// port (for protocols without ports).
+/// The port map of a group of rules that all match the peer: per protocol, disjoint port
+/// pieces, each sent to the first rule (in the group's order) taking it; rules taking every
+/// port count for TCP, UDP and SCTP too. Plus the first rule taking every port, which is
+/// what protocols without ports (ICMP) meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Assignment {
+struct PortPieces {
     ports: Vec<(Protocol, u16, u16, usize)>,
     any: Option<usize>,
 }
 
-fn assign(rs: &NodeRuleset, rules: &[AllowRule], active: &[usize]) -> Assignment {
+fn port_pieces(rs: &NodeRuleset, rules: &[&AllowRule]) -> PortPieces {
     let mut ports = Vec::new();
     for protocol in Protocol::ALL {
-        let spans: Vec<(usize, Vec<(u16, u16)>)> = active
+        let spans: Vec<Vec<(u16, u16)>> = rules
             .iter()
-            .map(|&i| (i, port_spans(rs, &rules[i].ports, protocol)))
+            .map(|r| port_spans(rs, &r.ports, protocol))
             .collect();
         let mut cuts: BTreeSet<u32> = BTreeSet::new();
-        for (_, s) in &spans {
-            for &(a, b) in s {
-                cuts.insert(a.into());
-                cuts.insert(u32::from(b) + 1);
-            }
+        for &(a, b) in spans.iter().flatten() {
+            cuts.insert(a.into());
+            cuts.insert(u32::from(b) + 1);
         }
         let cuts: Vec<u32> = cuts.into_iter().collect();
         for w in cuts.windows(2) {
             let (a, b) = (w[0] as u16, (w[1] - 1) as u16);
             let owner = spans
                 .iter()
-                .find(|(_, s)| s.iter().any(|&(x, y)| x <= a && b <= y))
-                .map(|(i, _)| *i);
+                .position(|s| s.iter().any(|&(x, y)| x <= a && b <= y));
             if let Some(owner) = owner {
                 match ports.last_mut() {
                     Some((p, _, last, o))
@@ -291,21 +299,39 @@ fn assign(rs: &NodeRuleset, rules: &[AllowRule], active: &[usize]) -> Assignment
             }
         }
     }
-    let any = active
-        .iter()
-        .copied()
-        .find(|&i| rules[i].ports == PortMatch::Any);
-    Assignment { ports, any }
+    let any = rules.iter().position(|r| r.ports == PortMatch::Any);
+    PortPieces { ports, any }
 }
 
-/// The elements of a class's two maps in one family: `peer . proto . port : goto chain`
-/// and `peer : goto chain` (rules taking every port, for protocols without ports).
-fn class_elements(
+/// The elements of a port map (`protocol . port : goto allow_<rule>`) and, if a rule of
+/// the group takes every port, the chain protocols without ports go to.
+fn port_map(rs: &NodeRuleset, rules: &[&AllowRule]) -> (BTreeSet<String>, Option<String>) {
+    let pieces = port_pieces(rs, rules);
+    let chain = |i: usize| rule_chain(&rules[i].origin, Action::Allow);
+    let elements = pieces
+        .ports
+        .iter()
+        .map(|&(protocol, first, last, owner)| {
+            format!(
+                "{} . {} : goto {}",
+                protocol.as_str(),
+                port_text(first, last),
+                chain(owner)
+            )
+        })
+        .collect();
+    (elements, pieces.any.map(chain))
+}
+
+/// The peers of a class's rules that name peers, cut into disjoint pieces of the address
+/// line; each piece lists the rules (indices into `rules`) whose peers hold it. Pieces are
+/// not merged with equal neighbours: a pod's address stays its own element, so a pod
+/// joining is an addition, never a change of an existing element.
+fn peer_pieces(
     rs: &NodeRuleset,
-    rules: &[AllowRule],
+    rules: &[&AllowRule],
     family: Family,
-) -> (BTreeSet<String>, BTreeSet<String>) {
-    // Sweep the address line: at each cut the set of active rules changes.
+) -> Vec<(u128, u128, Vec<usize>)> {
     let mut events: BTreeMap<u128, Vec<(usize, bool)>> = BTreeMap::new();
     for (i, rule) in rules.iter().enumerate() {
         for (a, b) in peer_spans(rs, &rule.peers, family) {
@@ -316,9 +342,7 @@ fn class_elements(
         }
     }
     let mut active: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut memo: HashMap<Vec<usize>, Arc<Assignment>> = HashMap::new();
-    // Pieces of the address line: (first, last, assignment).
-    let mut pieces: Vec<(u128, u128, Arc<Assignment>)> = Vec::new();
+    let mut pieces = Vec::new();
     let points: Vec<u128> = events.keys().copied().collect();
     for (n, point) in points.iter().enumerate() {
         for &(i, start) in &events[point] {
@@ -332,37 +356,22 @@ fn class_elements(
                 }
             }
         }
-        if active.is_empty() {
-            continue;
-        }
-        let last = points.get(n + 1).map_or(family.max(), |next| next - 1);
-        let key: Vec<usize> = active.keys().copied().collect();
-        let assignment = memo
-            .entry(key)
-            .or_insert_with_key(|key| Arc::new(assign(rs, rules, key)))
-            .clone();
-        // Pieces are not merged with equal neighbours: a pod's address stays its own
-        // element, so a pod joining is an addition, never a change of an existing one.
-        pieces.push((*point, last, assignment));
-    }
-    let chain = |i: usize| rule_chain(&rules[i].origin, Action::Allow);
-    let mut concat = BTreeSet::new();
-    let mut any = BTreeSet::new();
-    for (first, last, a) in pieces {
-        let peer = interval_text(first, last, family);
-        for &(protocol, pf, pl, owner) in &a.ports {
-            concat.insert(format!(
-                "{peer} . {} . {} : goto {}",
-                protocol.as_str(),
-                port_text(pf, pl),
-                chain(owner)
-            ));
-        }
-        if let Some(owner) = a.any {
-            any.insert(format!("{peer} : goto {}", chain(owner)));
+        if !active.is_empty() {
+            let last = points.get(n + 1).map_or(family.max(), |next| next - 1);
+            pieces.push((*point, last, active.keys().copied().collect()));
         }
     }
-    (concat, any)
+    pieces
+}
+
+/// A group of rules that all match a peer: its chain, shared by every class and endpoint
+/// whose rules hold the same group, is named by the group's ports and origins.
+fn group_chain(rules: &[&AllowRule]) -> String {
+    let mut key = String::new();
+    for r in rules {
+        key.push_str(&format!("{:?} {}\n", r.ports, r.origin));
+    }
+    format!("group_{}", short_hash(&key, 12))
 }
 
 /// The id of a class: the direction and its NetworkPolicy rules (set ids, not members).
@@ -372,6 +381,15 @@ fn class_id(direction: Direction, rules: &[AllowRule]) -> String {
         key.push_str(&format!("{:?} {:?} {}\n", r.peers, r.ports, r.origin));
     }
     short_hash(&key, 12)
+}
+
+fn port_map_def(elements: BTreeSet<String>) -> SetDef {
+    SetDef {
+        type_spec: "inet_proto . inet_service : verdict".into(),
+        is_map: true,
+        interval: true,
+        elements,
+    }
 }
 
 /// Kernel set names of an IR set used by the admin or baseline tier.
@@ -470,17 +488,7 @@ impl Planner<'_> {
         }
         let mut counter = None;
         if rules.isolated {
-            let class = class_id(direction, &rules.rules);
-            for family in &families {
-                let (concat, any) = self.class_maps(plan, &class, direction, rules, *family);
-                let (field, fam) = (peer_field(direction), family.keyword());
-                body.push(format!(
-                    "{fam} {field} . meta l4proto . th dport vmap @{concat}"
-                ));
-                if let Some(any) = any {
-                    body.push(format!("{fam} {field} vmap @{any}"));
-                }
-            }
+            self.network_policy_tier(plan, &families, direction, rules, &mut body);
             let deny = if rules.isolated_by.is_empty() {
                 "default deny".to_string()
             } else {
@@ -492,9 +500,7 @@ impl Planner<'_> {
             for r in &rules.baseline {
                 self.tier_rule(plan, &families, direction, r, &rest, &mut body);
             }
-            // Nothing decided: an egress check returns (the ingress check still runs),
-            // an ingress check falls off the chain and the base chain accepts.
-            body.push("return".to_string());
+            // Nothing decided: falling off the chain lets the packet go on.
         }
         plan.chains.insert(
             tail_chain,
@@ -506,79 +512,146 @@ impl Planner<'_> {
         );
     }
 
-    /// The class maps of one family (reused when none of their sets changed); returns the
-    /// names of the port map and, if any rule takes every port, of the address-only map.
-    fn class_maps(
+    /// The NetworkPolicy tier of a class (endpoints with the same rules share its maps):
+    /// 1. rules naming peers: one lookup of the peer in `peers_<class>` (pieces of the
+    ///    address line -> `jump` the chain of the group of rules holding that piece), where
+    ///    one lookup of `protocol . port` picks the rule;
+    /// 2. rules taking any peer: one lookup of `protocol . port` in `anyports_<class>`,
+    ///    then, if one takes every port, `goto` it.
+    ///
+    /// A packet is counted on the first rule naming peers that allows it, else on the
+    /// first rule taking any peer (the order [`palisade_ir::eval`] defines).
+    fn network_policy_tier(
         &self,
         plan: &mut Plan,
-        class: &str,
+        families: &BTreeSet<Family>,
         direction: Direction,
         rules: &DirectionRules,
-        family: Family,
-    ) -> (String, Option<String>) {
-        let concat_name = format!("np_{class}{}", family.suffix());
-        let any_name = format!("npany_{class}{}", family.suffix());
-        let has_any = rules.rules.iter().any(|r| r.ports == PortMatch::Any);
+        body: &mut Vec<String>,
+    ) {
+        let class = class_id(direction, &rules.rules);
+        let (named, any): (Vec<&AllowRule>, Vec<&AllowRule>) = rules
+            .rules
+            .iter()
+            .partition(|r| matches!(r.peers, PeerMatch::Set(_)));
         for r in &rules.rules {
-            self.rule_chain(plan, &r.origin, Action::Allow, direction);
+            self.rule_chain(plan, &r.origin, Action::Allow);
         }
-        if plan.sets.contains_key(&concat_name) {
-            return (concat_name, has_any.then_some(any_name));
+        let field = peer_field(direction);
+        if !named.is_empty() {
+            for family in families {
+                let name = format!("peers_{class}{}", family.suffix());
+                self.peer_map(plan, &name, &named, *family);
+                body.push(format!("{} {field} vmap @{name}", family.keyword()));
+            }
         }
-        let unchanged = rules.rules.iter().all(|r| match &r.peers {
+        if !any.is_empty() {
+            let (elements, all_ports) = port_map(self.rs, &any);
+            if !elements.is_empty() {
+                let name = format!("anyports_{class}");
+                plan.sets
+                    .insert(name.clone(), Arc::new(port_map_def(elements)));
+                body.push(format!("meta l4proto . th dport vmap @{name}"));
+            }
+            if let Some(chain) = all_ports {
+                body.push(format!("goto {chain}"));
+            }
+        }
+    }
+
+    /// A class's peer map (reused from the previous plan when none of its sets changed),
+    /// and the chains of the rule groups it jumps to.
+    fn peer_map(&self, plan: &mut Plan, name: &str, named: &[&AllowRule], family: Family) {
+        if plan.sets.contains_key(name) {
+            return;
+        }
+        let unchanged = named.iter().all(|r| match &r.peers {
             PeerMatch::Set(id) => !self.changed_sets.contains(id),
             PeerMatch::Any => true,
         });
-        let reused = self.reuse.filter(|_| unchanged).and_then(|old| {
-            let concat = old.sets.get(&concat_name)?.clone();
-            let any = if has_any {
-                Some(old.sets.get(&any_name)?.clone())
-            } else {
-                None
-            };
-            Some((concat, any))
-        });
-        let (concat, any) = reused.unwrap_or_else(|| {
-            let (concat, any) = class_elements(self.rs, &rules.rules, family);
-            let addr = family.addr_type();
-            (
-                Arc::new(SetDef {
-                    type_spec: format!("{addr} . inet_proto . inet_service : verdict"),
-                    is_map: true,
-                    interval: true,
-                    elements: concat,
-                }),
-                has_any.then(|| {
-                    Arc::new(SetDef {
-                        type_spec: format!("{addr} : verdict"),
-                        is_map: true,
-                        interval: true,
-                        elements: any,
-                    })
-                }),
-            )
-        });
-        plan.sets.insert(concat_name.clone(), concat);
-        if let Some(any) = any {
-            plan.sets.insert(any_name.clone(), any);
+        if let Some(old) = self
+            .reuse
+            .filter(|_| unchanged)
+            .and_then(|old| old.sets.get(name))
+        {
+            // The groups it jumps to are in the reused elements; declare their chains.
+            let groups: BTreeSet<Vec<usize>> = peer_pieces(self.rs, named, family)
+                .into_iter()
+                .map(|(_, _, g)| g)
+                .collect();
+            for group in groups {
+                self.group(plan, named, &group);
+            }
+            plan.sets.insert(name.to_string(), old.clone());
+            return;
         }
-        (concat_name, has_any.then_some(any_name))
+        let mut elements = BTreeSet::new();
+        let mut chains: HashMap<Vec<usize>, String> = HashMap::new();
+        for (first, last, group) in peer_pieces(self.rs, named, family) {
+            let chain = match chains.get(&group) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.group(plan, named, &group);
+                    chains.insert(group, c.clone());
+                    c
+                }
+            };
+            elements.insert(format!(
+                "{} : jump {chain}",
+                interval_text(first, last, family)
+            ));
+        }
+        plan.sets.insert(
+            name.to_string(),
+            Arc::new(SetDef {
+                type_spec: format!("{} : verdict", family.addr_type()),
+                is_map: true,
+                interval: true,
+                elements,
+            }),
+        );
     }
 
-    fn rule_chain(
-        &self,
-        plan: &mut Plan,
-        origin: &RuleOrigin,
-        action: Action,
-        direction: Direction,
-    ) -> String {
+    /// The chain of a group of rules matching a peer: its port lookup, then the rule
+    /// taking every port if any. Falling off it returns to the endpoint chain.
+    fn group(&self, plan: &mut Plan, named: &[&AllowRule], group: &[usize]) -> String {
+        let rules: Vec<&AllowRule> = group.iter().map(|&i| named[i]).collect();
+        let chain = group_chain(&rules);
+        if plan.chains.contains_key(&chain) {
+            return chain;
+        }
+        let (elements, all_ports) = port_map(self.rs, &rules);
+        let mut body = Vec::new();
+        if !elements.is_empty() {
+            let map = format!("{chain}_ports");
+            plan.sets
+                .insert(map.clone(), Arc::new(port_map_def(elements)));
+            body.push(format!("meta l4proto . th dport vmap @{map}"));
+        }
+        if let Some(all) = all_ports {
+            body.push(format!("goto {all}"));
+        }
+        let origins: Vec<String> = rules.iter().map(|r| r.origin.to_string()).collect();
+        plan.chains.insert(
+            chain.clone(),
+            Arc::new(ChainDef {
+                comment: comment(&origins.join(", ")),
+                rules: body,
+                counter: None,
+            }),
+        );
+        chain
+    }
+
+    fn rule_chain(&self, plan: &mut Plan, origin: &RuleOrigin, action: Action) -> String {
         let name = rule_chain(origin, action);
         if !plan.chains.contains_key(&name) {
-            let verdict = match (action, direction) {
-                (Action::Deny, _) => "drop",
-                (_, Direction::Ingress) => "accept",
-                // Egress allowed: back to the base chain, where the ingress check runs.
-                (_, Direction::Egress) => "return",
+            // Egress and ingress are checked in base chains of their own, so an allowed
+            // egress accepts and the ingress check still runs.
+            let verdict = if action == Action::Deny {
+                "drop"
+            } else {
+                "accept"
             };
             plan.chains.insert(
                 name.clone(),
@@ -607,10 +680,7 @@ impl Planner<'_> {
     ) {
         let verdict = match rule.action {
             Action::Pass => format!("goto {rest}"),
-            action => format!(
-                "goto {}",
-                self.rule_chain(plan, &rule.origin, action, direction)
-            ),
+            action => format!("goto {}", self.rule_chain(plan, &rule.origin, action)),
         };
         let ports = match &rule.ports {
             PortMatch::Any => String::new(),
@@ -714,7 +784,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod class_tests {
+mod layout_tests {
     use palisade_ir::eval::{DirectionVerdict, Transport};
     use palisade_ir::{PeerSet, PortRange, PortSet};
     use proptest::prelude::*;
@@ -725,7 +795,7 @@ mod class_tests {
         addr_to_u128(s.parse::<IpAddr>().unwrap())
     }
 
-    /// `a`, `a/n` or `a-b` -> inclusive span.
+    /// `a`, `a/n` or `a-b` -> inclusive span (IPv4).
     fn parse_interval(s: &str) -> (u128, u128) {
         if let Some((a, b)) = s.split_once('-') {
             return (parse_addr(a), parse_addr(b));
@@ -737,45 +807,63 @@ mod class_tests {
         (parse_addr(s), parse_addr(s))
     }
 
-    /// What the kernel does with the rendered class maps: the element matching the packet.
-    fn lookup(
-        concat: &BTreeSet<String>,
-        any: &BTreeSet<String>,
-        peer: u128,
-        transport: Transport,
-    ) -> Option<String> {
-        let hits: Vec<String> = match transport {
-            Transport::Port(p, port) => concat
-                .iter()
-                .filter_map(|e| {
-                    let (key, chain) = e.split_once(" : goto ")?;
-                    let parts: Vec<&str> = key.split(" . ").collect();
-                    let (a, b) = parse_interval(parts[0]);
-                    let (pf, pl) = parts[2].split_once('-').map_or((parts[2], parts[2]), |x| x);
-                    let ok = a <= peer
-                        && peer <= b
-                        && parts[1] == p.as_str()
-                        && pf.parse::<u16>().unwrap() <= port
-                        && port <= pl.parse::<u16>().unwrap();
-                    ok.then(|| chain.to_string())
-                })
-                .collect(),
-            Transport::Other => Vec::new(),
-        };
+    /// The verdict of the map element matching `key`; at most one may match.
+    fn lookup(set: &SetDef, matches: impl Fn(&[&str]) -> bool) -> Option<String> {
+        let hits: Vec<String> = set
+            .elements
+            .iter()
+            .filter_map(|e| {
+                let (key, verdict) = e.split_once(" : ")?;
+                let parts: Vec<&str> = key.split(" . ").collect();
+                matches(&parts).then(|| verdict.to_string())
+            })
+            .collect();
         assert!(hits.len() <= 1, "overlapping elements: {hits:?}");
-        if hits.is_empty() {
-            let any_hits: Vec<String> = any
-                .iter()
-                .filter_map(|e| {
-                    let (key, chain) = e.split_once(" : goto ")?;
-                    let (a, b) = parse_interval(key);
-                    (a <= peer && peer <= b).then(|| chain.to_string())
-                })
-                .collect();
-            assert!(any_hits.len() <= 1, "overlapping elements: {any_hits:?}");
-            return any_hits.into_iter().next();
-        }
         hits.into_iter().next()
+    }
+
+    fn in_ports(text: &str, port: u16) -> bool {
+        let (a, b) = text.split_once('-').unwrap_or((text, text));
+        a.parse::<u16>().unwrap() <= port && port <= b.parse::<u16>().unwrap()
+    }
+
+    /// Runs a packet through the plan's chains as nft would, from the endpoint chain;
+    /// returns the counter owner of the rule that decided (or None if it fell through).
+    fn run(plan: &Plan, chain: &str, peer: u128, transport: Transport) -> Option<CounterOwner> {
+        let mut stack = vec![(chain.to_string(), 0usize)];
+        while let Some((name, pc)) = stack.pop() {
+            let def = &plan.chains[&name];
+            let Some(rule) = def.rules.get(pc) else {
+                continue;
+            };
+            let next = (name.clone(), pc + 1);
+            let w: Vec<&str> = rule.split_whitespace().collect();
+            let verdict = match w.as_slice() {
+                ["ip", _, "vmap", map] => lookup(&plan.sets[&map[1..]], |k| {
+                    let (a, b) = parse_interval(k[0]);
+                    a <= peer && peer <= b
+                }),
+                ["meta", "l4proto", ".", "th", "dport", "vmap", map] => match transport {
+                    Transport::Port(p, port) => lookup(&plan.sets[&map[1..]], |k| {
+                        k[0] == p.as_str() && in_ports(k[1], port)
+                    }),
+                    Transport::Other => None,
+                },
+                ["goto", target] => Some(format!("goto {target}")),
+                ["counter", "accept" | "drop", ..] => return def.counter.clone(),
+                other => panic!("the emulator does not know {other:?}"),
+            };
+            match verdict.as_deref().and_then(|v| v.split_once(' ')) {
+                None => stack.push(next),
+                Some(("jump", target)) => {
+                    stack.push(next);
+                    stack.push((target.to_string(), 0));
+                }
+                Some(("goto", target)) => stack.push((target.to_string(), 0)),
+                Some(other) => panic!("unknown verdict {other:?}"),
+            }
+        }
+        None
     }
 
     fn rules_strategy() -> impl Strategy<Value = (NodeRuleset, Vec<AllowRule>)> {
@@ -850,19 +938,21 @@ mod class_tests {
     }
 
     proptest! {
-        /// The class maps are disjoint and send every packet to the rule chain of the rule
-        /// `palisade_ir::eval` counts it on (or nowhere, where eval denies).
+        /// The rendered layout (peer maps, group chains, port maps, rule chains) decides
+        /// every packet as `palisade_ir::eval` does, and counts it on the same rule.
         #[test]
-        fn class_maps_agree_with_the_executable_meaning((rs, rules) in rules_strategy(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
-            let (concat, any) = class_elements(&rs, &rules, Family::V4);
+        fn the_layout_agrees_with_the_executable_meaning((mut rs, rules) in rules_strategy(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
+            let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules, ..Default::default() };
+            rs.endpoints.insert("ns/a".into(), Endpoint { name: "ns/a".into(), ips: vec![IpAddr::from([10, 1, 0, 1])], ingress: direction.clone(), egress: Default::default() });
+            let plan = Planner { rs: &rs, reuse: None, changed_sets: &BTreeSet::new() }.plan();
             let transport = if proto == 3 { Transport::Other } else { Transport::Port(Protocol::ALL[proto], port) };
-            let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules: rules.clone(), ..Default::default() };
             let ip = IpAddr::from([10, 0, 0, peer]);
             let expected = match rs.judge(&direction, ip, transport) {
-                DirectionVerdict::Allowed(origin) => Some(rule_chain(&origin, Action::Allow)),
-                _ => None,
+                DirectionVerdict::Allowed(origin) => CounterOwner::Rule(origin),
+                _ => CounterOwner::DefaultDeny("ns/a".into(), Direction::Ingress),
             };
-            prop_assert_eq!(lookup(&concat, &any, addr_to_u128(ip), transport), expected);
+            let chain = endpoint_chain("ns/a", Direction::Ingress);
+            prop_assert_eq!(run(&plan, &chain, addr_to_u128(ip), transport), Some(expected));
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use crate::plan::{ChainDef, DISPATCH, Plan, SetDef, is_rule_chain};
+use crate::plan::{ChainDef, DISPATCH, Plan, SetDef, is_group_chain, is_peer_map, is_rule_chain};
 
 /// A rendered script and how many kernel operations it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,19 +21,23 @@ pub(crate) struct Script {
     pub operations: usize,
 }
 
-const BASE_CHAIN: &str = "\
+const BASE_CHAINS: &str = "\
 # Packets routed to, from and between local pods. The node's own traffic to its pods
 # (kubelet probes) leaves through the output hook, not forward: it always passes.
-add chain inet TABLE forward { type filter hook forward priority filter; policy accept; }
+# Egress of the source endpoint first, in a base chain of its own: an allowed egress
+# accepts there, and the ingress base chain still judges the packet.
+add chain inet TABLE egress { type filter hook forward priority filter - 1; policy accept; }
 # Replies of allowed connections pass; policies judge new connections only.
-add rule inet TABLE forward ct state established,related accept
-add rule inet TABLE forward ct state invalid drop
-# Egress of the source endpoint (its chain returns if allowed), then ingress of the
-# destination (its chain accepts if allowed). Unfiltered directions have no entry.
-add rule inet TABLE forward ip saddr vmap @egress_v4
-add rule inet TABLE forward ip6 saddr vmap @egress_v6
-add rule inet TABLE forward ip daddr vmap @ingress_v4
-add rule inet TABLE forward ip6 daddr vmap @ingress_v6
+add rule inet TABLE egress ct state established,related accept
+add rule inet TABLE egress ct state invalid drop
+add rule inet TABLE egress ip saddr vmap @egress_v4
+add rule inet TABLE egress ip6 saddr vmap @egress_v6
+# Ingress of the destination endpoint. Unfiltered directions have no map entry.
+add chain inet TABLE ingress { type filter hook forward priority filter; policy accept; }
+add rule inet TABLE ingress ct state established,related accept
+add rule inet TABLE ingress ct state invalid drop
+add rule inet TABLE ingress ip daddr vmap @ingress_v4
+add rule inet TABLE ingress ip6 daddr vmap @ingress_v6
 ";
 
 fn kind(set: &SetDef) -> &'static str {
@@ -104,7 +108,7 @@ pub(crate) fn full(plan: &Plan, node: &str, t: &str) -> Script {
         ops += 1;
         chain_decl(&mut s, t, name, chain);
     }
-    s.push_str("# Dispatch maps (endpoint address -> its chain) and class maps (peer . protocol . port -> rule chain).\n");
+    s.push_str("# Dispatch maps (endpoint address -> its chain), peer maps (peer -> group chain), port maps (protocol . port -> rule chain).\n");
     for (name, set) in &plan.sets {
         ops += 1 + set.elements.len();
         declare(&mut s, t, name, set, &set.elements);
@@ -113,8 +117,8 @@ pub(crate) fn full(plan: &Plan, node: &str, t: &str) -> Script {
         ops += chain.rules.len();
         chain_rules(&mut s, t, name, chain);
     }
-    ops += 7;
-    s.push_str(&BASE_CHAIN.replace("TABLE", t));
+    ops += 10;
+    s.push_str(&BASE_CHAINS.replace("TABLE", t));
     Script {
         text: s,
         operations: ops,
@@ -181,26 +185,49 @@ pub(crate) fn update(old: &Plan, new: &Plan, t: &str) -> Script {
         }
     }
     // 4. What nothing refers to any more, each after what referred to it: endpoint chains
-    //    (out of the dispatch maps since step 2), then sets and maps (their chains are
-    //    gone or refilled), then rule chains (out of the class maps).
+    //    (out of the dispatch maps since step 2), peer maps, group chains, the other sets
+    //    and maps, and last the rule chains.
     let gone_chains: Vec<&String> = old
         .chains
         .keys()
         .filter(|n| !new.chains.contains_key(*n))
         .collect();
-    let (rule_chains, endpoint_chains): (Vec<&String>, Vec<&String>) =
-        gone_chains.into_iter().partition(|n| is_rule_chain(n));
-    for name in endpoint_chains {
+    let gone_sets: Vec<&String> = old
+        .sets
+        .keys()
+        .filter(|n| !new.sets.contains_key(*n))
+        .collect();
+    let endpoint = |n: &&&String| !is_rule_chain(n) && !is_group_chain(n);
+    let steps: [Vec<(&str, &String)>; 5] = [
+        gone_chains
+            .iter()
+            .filter(endpoint)
+            .map(|n| ("chain", *n))
+            .collect(),
+        gone_sets
+            .iter()
+            .filter(|n| is_peer_map(n))
+            .map(|n| (kind(&old.sets[*n]), *n))
+            .collect(),
+        gone_chains
+            .iter()
+            .filter(|n| is_group_chain(n))
+            .map(|n| ("chain", *n))
+            .collect(),
+        gone_sets
+            .iter()
+            .filter(|n| !is_peer_map(n))
+            .map(|n| (kind(&old.sets[*n]), *n))
+            .collect(),
+        gone_chains
+            .iter()
+            .filter(|n| is_rule_chain(n))
+            .map(|n| ("chain", *n))
+            .collect(),
+    ];
+    for (what, name) in steps.iter().flatten() {
         ops += 1;
-        let _ = writeln!(s, "delete chain inet {t} {name}");
-    }
-    for name in old.sets.keys().filter(|n| !new.sets.contains_key(*n)) {
-        ops += 1;
-        let _ = writeln!(s, "delete {} inet {t} {name}", kind(&old.sets[name]));
-    }
-    for name in rule_chains {
-        ops += 1;
-        let _ = writeln!(s, "delete chain inet {t} {name}");
+        let _ = writeln!(s, "delete {what} inet {t} {name}");
     }
     debug_assert!(DISPATCH.iter().all(|(n, _, _)| new.sets.contains_key(*n)));
     Script {

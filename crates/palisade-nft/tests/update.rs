@@ -58,7 +58,9 @@ fn pod_joining_a_selector_shared_by_many_endpoints_is_one_element_in_one_map() {
     let b = web(20, &["10.0.2.10", "10.0.2.20", "10.0.2.30"]).build();
     let lines = update(&a, &b);
     assert_eq!(count(&lines, "add map"), 1, "{lines:#?}");
-    assert_eq!(count(&lines, "10.0.2.30 . tcp . 8080"), 1, "{lines:#?}");
+    // One element: the new address, jumping to the chain of the rules it matches.
+    assert_eq!(count(&lines, "\t"), 1, "{lines:#?}");
+    assert_eq!(count(&lines, "10.0.2.30 : jump group_"), 1, "{lines:#?}");
     assert_eq!(count(&lines, "chain"), 0, "no chain is touched: {lines:#?}");
     assert_eq!(count(&lines, "rule"), 0, "{lines:#?}");
     assert_eq!(
