@@ -24,6 +24,7 @@ pub struct Metrics {
     pub apply_errors: Counter,
     pub invalid_objects: Counter,
     pub applies: Counter,
+    pub uninterpretable_objects: Gauge,
 }
 
 impl Default for Metrics {
@@ -48,6 +49,7 @@ impl Metrics {
             apply_errors: Counter::default(),
             invalid_objects: Counter::default(),
             applies: Counter::default(),
+            uninterpretable_objects: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -92,6 +94,11 @@ impl Metrics {
             m.invalid_objects.clone(),
         );
         registry.register("applies", "Successful dataplane applies", m.applies.clone());
+        registry.register(
+            "uninterpretable_objects",
+            "Stored objects that cannot be fully interpreted, enforced fail-closed",
+            m.uninterpretable_objects.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -78,6 +78,7 @@ fn as_ref_side(side: &SideVerdict) -> RefSide {
     match side {
         SideVerdict::External => RefSide::External,
         SideVerdict::HostNetwork => RefSide::HostNetwork,
+        SideVerdict::SelfTraffic => RefSide::SelfTraffic,
         SideVerdict::NotIsolated => RefSide::NotIsolated,
         SideVerdict::Allowed {
             isolated_by,
