@@ -216,7 +216,7 @@ fn spawn_watch<K: Watched>(
                 let at = Instant::now();
                 let change = match item {
                     Err(e) => {
-                        metrics.watch_restart(K::KIND.as_str());
+                        bad.metrics.watch_restart(K::KIND.as_str());
                         health.source_failing(&name);
                         tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; re-listing with backoff");
                         break;

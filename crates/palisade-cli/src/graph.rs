@@ -39,7 +39,9 @@ fn quote(s: &str) -> String {
 }
 
 pub fn ports_label(p: &PortRanges) -> String {
-    if p.is_all() {
+    if p.is_empty() {
+        "-".into()
+    } else if p.is_all() {
         "all ports".into()
     } else {
         p.to_string()
