@@ -11,8 +11,8 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -142,7 +142,9 @@ impl Uninterpretable {
         } else if objects.remove(&(kind, key)) {
             self.health.source_ok(&name);
         }
-        self.metrics.uninterpretable_objects.set(objects.len() as i64);
+        self.metrics
+            .uninterpretable_objects
+            .set(objects.len() as i64);
     }
 
     /// After a re-list: objects of `kind` that are no longer listed are gone.
@@ -157,7 +159,9 @@ impl Uninterpretable {
             self.health.source_ok(&Self::health_name(k, &key));
             objects.remove(&(k, key));
         }
-        self.metrics.uninterpretable_objects.set(objects.len() as i64);
+        self.metrics
+            .uninterpretable_objects
+            .set(objects.len() as i64);
     }
 }
 

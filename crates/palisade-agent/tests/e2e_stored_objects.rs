@@ -51,7 +51,11 @@ async fn cluster(options: ControlPlaneOptions) -> Result<LabCluster> {
             .with_ports([(80, Protocol::Tcp)]),
     ];
     for c in CLIENTS {
-        pods.push(LabPod::new(key(c)).on_node(1).with_ports([(80, Protocol::Tcp)]));
+        pods.push(
+            LabPod::new(key(c))
+                .on_node(1)
+                .with_ports([(80, Protocol::Tcp)]),
+        );
     }
     let spec = LabClusterSpec {
         lab: LabSpec {
@@ -109,8 +113,20 @@ async fn sloppy_cidrs_are_enforced_as_the_api_server_reads_them() -> Result<()> 
     .await?;
     let addr = |p: &str| v4(&c, p).to_string();
     assert_eq!(
-        [addr("x/a"), addr("x/b"), addr("x/c"), addr("x/d"), addr("x/e")],
-        ["198.18.2.2", "198.18.2.3", "198.18.2.4", "198.18.2.5", "198.18.2.6"],
+        [
+            addr("x/a"),
+            addr("x/b"),
+            addr("x/c"),
+            addr("x/d"),
+            addr("x/e")
+        ],
+        [
+            "198.18.2.2",
+            "198.18.2.3",
+            "198.18.2.4",
+            "198.18.2.5",
+            "198.18.2.6"
+        ],
         "the lab's addressing plan changed; this test spells its CIDRs from it"
     );
     probe_until(&c.lab, &expectations(&c, &CLIENTS), PROBE, SETTLE)?;
@@ -140,8 +156,16 @@ async fn sloppy_cidrs_are_enforced_as_the_api_server_reads_them() -> Result<()> 
     .map_err(|e| Error::other(format!("{e}\n{}", c.agent_logs(20))))?;
     c.settle().await?;
     for (i, agent) in c.agents.iter().enumerate() {
-        assert!(agent.is_ready(), "agent {i} not ready: {:?}", agent.readyz());
-        assert_eq!(gauge(&c, i), 0.0, "agent {i} counts an uninterpretable object");
+        assert!(
+            agent.is_ready(),
+            "agent {i} not ready: {:?}",
+            agent.readyz()
+        );
+        assert_eq!(
+            gauge(&c, i),
+            0.0,
+            "agent {i} counts an uninterpretable object"
+        );
     }
     Ok(())
 }
@@ -174,8 +198,7 @@ async fn an_uninterpretable_policy_isolates_its_pods_without_its_allows() -> Res
         }),
     );
     let t0 = Instant::now();
-    c.cp
-        .etcd_put_json("/registry/networkpolicies/x/broken", &broken)?;
+    c.cp.etcd_put_json("/registry/networkpolicies/x/broken", &broken)?;
     probe_until(&c.lab, &expectations(&c, &[]), PROBE, SETTLE)
         .map_err(|e| Error::other(format!("{e}\n{}", c.agent_logs(20))))?;
     let isolated_after = t0.elapsed();
@@ -186,7 +209,9 @@ async fn an_uninterpretable_policy_isolates_its_pods_without_its_allows() -> Res
         let all = (0..c.agents.len()).all(|i| {
             gauge(&c, i) == 1.0
                 && c.agents[i].readyz().is_ok_and(|r| {
-                    r.status == 503 && r.body.contains("NetworkPolicy x/broken cannot be interpreted")
+                    r.status == 503
+                        && r.body
+                            .contains("NetworkPolicy x/broken cannot be interpreted")
                 })
         });
         if all {
@@ -195,8 +220,13 @@ async fn an_uninterpretable_policy_isolates_its_pods_without_its_allows() -> Res
         if Instant::now() > deadline {
             return Err(Error::other(format!(
                 "agents do not report the broken policy: gauges {:?}, readyz {:?}\n{}",
-                (0..c.agents.len()).map(|i| gauge(&c, i)).collect::<Vec<_>>(),
-                c.agents.iter().map(|a| a.readyz().map(|r| r.body)).collect::<Vec<_>>(),
+                (0..c.agents.len())
+                    .map(|i| gauge(&c, i))
+                    .collect::<Vec<_>>(),
+                c.agents
+                    .iter()
+                    .map(|a| a.readyz().map(|r| r.body))
+                    .collect::<Vec<_>>(),
                 c.agent_logs(20)
             )));
         }
@@ -225,7 +255,11 @@ async fn an_uninterpretable_policy_isolates_its_pods_without_its_allows() -> Res
     c.settle().await?;
     for i in 0..c.agents.len() {
         assert_eq!(gauge(&c, i), 0.0, "agent {i} still counts it");
-        assert!(c.agents[i].is_ready(), "agent {i}: {:?}", c.agents[i].readyz());
+        assert!(
+            c.agents[i].is_ready(),
+            "agent {i}: {:?}",
+            c.agents[i].readyz()
+        );
     }
     palisade_kubetest::report(format!(
         "stored objects: uninterpretable policy isolated its pod {:.1} ms after the etcd write",

@@ -39,7 +39,11 @@ pub struct ReadArgs {
     pub kubernetes_version: KubeVersion,
     /// Unknown and duplicate fields, as kubectl's flag: strict (an error), warn (one
     /// warning per field, the object is read), ignore.
-    #[arg(long = "validate", value_name = "strict|warn|ignore", default_value = "strict")]
+    #[arg(
+        long = "validate",
+        value_name = "strict|warn|ignore",
+        default_value = "strict"
+    )]
     pub validate: FieldValidation,
 }
 
@@ -445,7 +449,10 @@ pub fn connlist(args: &ConnlistArgs) -> anyhow::Result<ExitCode> {
             structured(Format::Yaml, &connections_json(&conns))?;
         }
         ConnlistFormat::Dot => print!("{}", crate::graph::connlist_dot(&conns)),
-        ConnlistFormat::Svg => print!("{}", crate::graph::svg(&crate::graph::connlist_dot(&conns))?),
+        ConnlistFormat::Svg => print!(
+            "{}",
+            crate::graph::svg(&crate::graph::connlist_dot(&conns))?
+        ),
         ConnlistFormat::Table => {
             let rows: Vec<Vec<String>> = conns
                 .iter()

@@ -74,24 +74,28 @@ fn git(args: &[&str]) -> anyhow::Result<Vec<u8>> {
 /// The manifest files of PATH at REV (a file, or a folder's `*.yaml|yml|json`, recursively),
 /// named `REV:path`; PATH is relative to the current directory, as git takes it.
 fn git_files(rev: &str, path: &str) -> anyhow::Result<Vec<(String, String)>> {
-    let prefix = String::from_utf8(git(&["rev-parse", "--show-prefix"])?)?;
-    let full = format!("{}{}", prefix.trim(), path.trim_start_matches("./"));
-    let full = full.trim_end_matches('/').to_string();
+    // Paths relative to the current directory (`..` included), listed by their full name.
     let listing = git(&[
         "ls-tree",
         "-r",
         "-z",
         "--name-only",
-        "--full-tree",
+        "--full-name",
         rev,
         "--",
-        if full.is_empty() { "." } else { &full },
+        path,
     ])?;
+    let names: Vec<String> = listing
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| String::from_utf8_lossy(n).to_string())
+        .collect();
+    // A file named on the command line is read whatever its extension, as on disk.
+    let single = names.len() == 1;
     let mut files = Vec::new();
-    for name in listing.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name).to_string();
+    for name in names {
         let manifest = [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
-        if !(manifest || name == full) {
+        if !(manifest || single) {
             continue;
         }
         let text = git(&["show", &format!("{rev}:{name}")])?;
@@ -157,7 +161,9 @@ fn ranges_json(p: &PortRanges) -> Value {
     } else {
         Value::Array(
             p.iter()
-                .map(|(proto, from, to)| json!({"protocol": proto.as_str(), "from": from, "to": to}))
+                .map(
+                    |(proto, from, to)| json!({"protocol": proto.as_str(), "from": from, "to": to}),
+                )
                 .collect(),
         )
     }
@@ -241,7 +247,12 @@ pub fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             });
             println!("{}", serde_json::to_string_pretty(&value)?);
         }
-        DiffFormat::Md => print!("{}", markdown(&args.old, &args.new, &shown, &headline, &only_old, &only_new)),
+        DiffFormat::Md => print!(
+            "{}",
+            markdown(
+                &args.old, &args.new, &shown, &headline, &only_old, &only_new
+            )
+        ),
         DiffFormat::Dot => print!("{}", graph::diff_dot(&all)),
         DiffFormat::Svg => print!("{}", graph::svg(&graph::diff_dot(&all))?),
     }

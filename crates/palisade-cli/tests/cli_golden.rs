@@ -183,11 +183,26 @@ const CASES: &[(&str, &[&str])] = &[
             "8080/TCP",
         ],
     ),
-    ("validate_typed_lists", &["validate", "-f", "testdata/lists"]),
-    ("matrix_typed_lists", &["matrix", "-f", "testdata/lists/snapshot.json"]),
-    ("validate_no_objects", &["validate", "-f", "testdata/no-objects"]),
-    ("matrix_no_objects", &["matrix", "-f", "testdata/no-objects"]),
-    ("validate_strict_cidrs", &["validate", "-f", "testdata/versions/host-bits.yaml"]),
+    (
+        "validate_typed_lists",
+        &["validate", "-f", "testdata/lists"],
+    ),
+    (
+        "matrix_typed_lists",
+        &["matrix", "-f", "testdata/lists/snapshot.json"],
+    ),
+    (
+        "validate_no_objects",
+        &["validate", "-f", "testdata/no-objects"],
+    ),
+    (
+        "matrix_no_objects",
+        &["matrix", "-f", "testdata/no-objects"],
+    ),
+    (
+        "validate_strict_cidrs",
+        &["validate", "-f", "testdata/versions/host-bits.yaml"],
+    ),
     (
         "validate_strict_cidrs_1_35",
         &[
@@ -198,14 +213,28 @@ const CASES: &[(&str, &[&str])] = &[
             "1.35",
         ],
     ),
-    ("validate_fields_strict", &["validate", "-f", "testdata/versions/typo.yaml"]),
+    (
+        "validate_fields_strict",
+        &["validate", "-f", "testdata/versions/typo.yaml"],
+    ),
     (
         "validate_fields_warn",
-        &["validate", "-f", "testdata/versions/typo.yaml", "--validate", "warn"],
+        &[
+            "validate",
+            "-f",
+            "testdata/versions/typo.yaml",
+            "--validate",
+            "warn",
+        ],
     ),
     (
         "validate_fields_ignore",
-        &["validate", "-f", "testdata/versions/typo.yaml", "--validate=ignore"],
+        &[
+            "validate",
+            "-f",
+            "testdata/versions/typo.yaml",
+            "--validate=ignore",
+        ],
     ),
     (
         "explain_self",
@@ -221,12 +250,27 @@ const CASES: &[(&str, &[&str])] = &[
             "80/TCP",
         ],
     ),
-    ("connlist_shop_dot", &["connlist", "-f", "testdata/analysis", "-o", "dot"]),
-    ("connlist_demo_dot", &["connlist", "-f", "examples/demo", "-o", "dot"]),
-    ("diff_shop", &["diff", "testdata/diff/old", "testdata/diff/new"]),
+    (
+        "connlist_shop_dot",
+        &["connlist", "-f", "testdata/analysis", "-o", "dot"],
+    ),
+    (
+        "connlist_demo_dot",
+        &["connlist", "-f", "examples/demo", "-o", "dot"],
+    ),
+    (
+        "diff_shop",
+        &["diff", "testdata/diff/old", "testdata/diff/new"],
+    ),
     (
         "diff_shop_json",
-        &["diff", "testdata/diff/old", "testdata/diff/new", "-o", "json"],
+        &[
+            "diff",
+            "testdata/diff/old",
+            "testdata/diff/new",
+            "-o",
+            "json",
+        ],
     ),
     (
         "diff_shop_md",
@@ -234,9 +278,18 @@ const CASES: &[(&str, &[&str])] = &[
     ),
     (
         "diff_shop_dot",
-        &["diff", "testdata/diff/old", "testdata/diff/new", "-o", "dot"],
+        &[
+            "diff",
+            "testdata/diff/old",
+            "testdata/diff/new",
+            "-o",
+            "dot",
+        ],
     ),
-    ("diff_unchanged", &["diff", "testdata/analysis", "testdata/diff/old"]),
+    (
+        "diff_unchanged",
+        &["diff", "testdata/analysis", "testdata/diff/old"],
+    ),
     (
         "diff_invalid_side",
         &["diff", "testdata/diff/old", "testdata/invalid"],

@@ -595,7 +595,12 @@ impl ControlPlane {
             "value": b64(value.to_string().as_bytes()),
         })
         .to_string();
-        let r = http::post_json(self.etcd_client, "/v3/kv/put", &body, Duration::from_secs(10))?;
+        let r = http::post_json(
+            self.etcd_client,
+            "/v3/kv/put",
+            &body,
+            Duration::from_secs(10),
+        )?;
         if r.status != 200 {
             return Err(Error::other(format!(
                 "etcd put {key}: HTTP {}: {}",

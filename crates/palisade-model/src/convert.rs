@@ -29,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{FieldError, InvalidObject, ObjectRef};
-use crate::labels::{LabelSelector, Labels, Operator, Requirement};
+use crate::labels::{LabelSelector, Labels, NAMESPACE_NAME_LABEL, Operator, Requirement};
 use crate::options::Options;
 use crate::types::*;
 use crate::validate;
@@ -677,10 +677,7 @@ fn network_policy_in(p: &net::NetworkPolicy, errs: &mut Errors) -> NetworkPolicy
         )
     };
     let policy = NetworkPolicy {
-        key: Key::new(
-            namespace_of(&p.metadata),
-            name_of(&p.metadata),
-        ),
+        key: Key::new(namespace_of(&p.metadata), name_of(&p.metadata)),
         pod_selector,
         isolates_ingress,
         isolates_egress,
@@ -697,7 +694,13 @@ pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
 pub fn namespace_with(ns: &core::Namespace, opts: &Options) -> Result<Namespace, InvalidObject> {
     let object = object_ref("Namespace", &ns.metadata, false);
     let mut errs = Errors::new(opts);
-    check_metadata(&ns.metadata, false, validate::dns1123_label, &mut errs);
+    // The API server sets `kubernetes.io/metadata.name: <name>` before validating, so a
+    // name too long for a label value is reported at the labels too.
+    let mut meta = ns.metadata.clone();
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .insert(NAMESPACE_NAME_LABEL.to_string(), name_of(&ns.metadata));
+    check_metadata(&meta, false, validate::dns1123_label, &mut errs);
     errs.finish(object, namespace_model(ns))
 }
 
@@ -846,15 +849,6 @@ fn pod_ips(status: Option<&core::PodStatus>, errs: &mut Errors) -> Vec<std::net:
                 "may specify no more than one IP for each IP family",
             );
         }
-        let mut seen = BTreeSet::new();
-        for (i, ip) in raw.iter().enumerate() {
-            if !seen.insert(*ip) {
-                errs.duplicate(
-                    format!("{path}[{i}]"),
-                    Bad::Raw(format!("core.PodIP{{IP:{}}}", go_quote(ip))),
-                );
-            }
-        }
     }
     ips
 }
@@ -900,10 +894,7 @@ fn pod_in(p: &core::Pod, errs: &mut Errors) -> Pod {
     let ports = container_ports(spec, "spec", errs);
     let ips = pod_ips(p.status.as_ref(), errs);
     let pod = Pod {
-        key: Key::new(
-            namespace_of(&p.metadata),
-            name_of(&p.metadata),
-        ),
+        key: Key::new(namespace_of(&p.metadata), name_of(&p.metadata)),
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ips,
         ports,
@@ -934,10 +925,7 @@ fn template_pod(
     let spec = template.spec.as_ref().unwrap_or(&default_spec);
     let ports = container_ports(spec, &format!("{template_path}.spec"), errs);
     Pod {
-        key: Key::new(
-            namespace_of(metadata),
-            name_of(metadata),
-        ),
+        key: Key::new(namespace_of(metadata), name_of(metadata)),
         labels,
         ips: Vec::new(),
         ports,
@@ -982,13 +970,20 @@ fn apps_selector(
 ) {
     let before = errs.len();
     let parsed = label_selector(selector, "spec.selector", errs);
-    if parsed.is_everything() {
+    if errs.len() > before {
+        // `LabelSelectorAsSelector` fails on what `ValidateLabelSelector` rejected.
+        errs.invalid(
+            "spec.selector",
+            Bad::Raw(format!("{parsed}")),
+            "invalid label selector",
+        );
+    } else if parsed.is_everything() {
         errs.invalid(
             "spec.selector",
             Bad::Raw(format!("{parsed}")),
             &format!("empty selector is invalid for {}", kind.to_lowercase()),
         );
-    } else if errs.len() == before && !parsed.matches(template_labels) {
+    } else if !parsed.matches(template_labels) {
         errs.invalid(
             "spec.template.metadata.labels",
             Bad::Raw(go_map(template_labels)),
@@ -1084,7 +1079,10 @@ pub fn replication_controller(rc: &core::ReplicationController) -> Result<Pod, I
     replication_controller_with(rc, &Options::default())
 }
 
-pub fn replication_controller_with(rc: &core::ReplicationController, opts: &Options) -> Result<Pod, InvalidObject> {
+pub fn replication_controller_with(
+    rc: &core::ReplicationController,
+    opts: &Options,
+) -> Result<Pod, InvalidObject> {
     let object = object_ref("ReplicationController", &rc.metadata, true);
     let mut errs = Errors::new(opts);
     check_metadata(&rc.metadata, true, validate::dns1123_subdomain, &mut errs);

@@ -286,8 +286,7 @@ type JsonSyntax = (serde_json::Error, usize, usize);
 /// reader takes no seed), then each is read with duplicate keys handled per `fields`.
 fn json_documents(text: &str, fields: FieldValidation) -> (Vec<Document>, Option<JsonSyntax>) {
     let mut docs = Vec::new();
-    let mut stream =
-        serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
     let mut start = 0;
     while let Some(item) = stream.next() {
         if let Err(e) = item {
@@ -439,7 +438,9 @@ impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(v) = seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))? {
+        while let Some(v) =
+            seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))?
+        {
             items.push(v);
         }
         Ok(Value::Array(items))
@@ -611,7 +612,10 @@ const KINDS: [(&str, &str); 10] = [
 /// What a skipped document was, for its note: `Service default/web (v1)`, `a document
 /// without kind (keys: metadata, spec)`.
 fn what_it_was(value: &Value) -> String {
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let api_version = value
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -623,7 +627,9 @@ fn what_it_was(value: &Value) -> String {
         };
         let shape = match value {
             Value::Object(_) if keys.is_empty() => "an empty mapping".to_string(),
-            Value::Object(_) => format!("keys: {}", keys.join(", ")).escape_debug().to_string(),
+            Value::Object(_) => format!("keys: {}", keys.join(", "))
+                .escape_debug()
+                .to_string(),
             Value::String(_) => "a string".into(),
             Value::Number(_) => "a number".into(),
             Value::Bool(_) => "a boolean".into(),
@@ -725,9 +731,7 @@ fn load_value(value: Value, origin: &Origin, opts: &Options, loaded: &mut Loaded
         return load_list(value, &kind, None, origin, opts, loaded);
     }
     if let Some(item) = kind.strip_suffix("List")
-        && let Some((_, item)) = KINDS
-            .iter()
-            .find(|(v, k)| *k == item && *v == api_version)
+        && let Some((_, item)) = KINDS.iter().find(|(v, k)| *k == item && *v == api_version)
     {
         return load_list(value, &kind, Some(item), origin, opts, loaded);
     }

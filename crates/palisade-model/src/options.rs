@@ -112,7 +112,9 @@ mod tests {
         for (s, minor) in [("1.35", 35), ("v1.36", 36), ("1.37.2", 37), ("1.25", 25)] {
             assert_eq!(s.parse::<KubeVersion>().unwrap().minor, minor, "{s}");
         }
-        for bad in ["2.0", "1", "1.", "1.x", "1.24", "1.38", "1.35.", "1.35.1.1", ""] {
+        for bad in [
+            "2.0", "1", "1.", "1.x", "1.24", "1.38", "1.35.", "1.35.1.1", "",
+        ] {
             assert!(bad.parse::<KubeVersion>().is_err(), "{bad}");
         }
         assert!(!KubeVersion { minor: 35 }.strict_ip_cidr());

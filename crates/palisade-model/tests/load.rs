@@ -689,18 +689,85 @@ const JSON_TEMPLATE: &str = r#"{"metadata": {"labels": {"app": "w"}}, "spec": {"
 #[test]
 fn typed_lists_of_every_kind_name_their_items_kind() {
     let meta = |name: &str| format!(r#""metadata": {{"name": "{name}", "namespace": "team"}}"#);
-    let apps_spec = format!(r#""spec": {{"selector": {{"matchLabels": {{"app": "w"}}}}, "template": {JSON_TEMPLATE}}}"#);
+    let apps_spec = format!(
+        r#""spec": {{"selector": {{"matchLabels": {{"app": "w"}}}}, "template": {JSON_TEMPLATE}}}"#
+    );
     let rows: Vec<(&str, &str, String, &str)> = vec![
-        ("v1", "NamespaceList", r#"{"metadata": {"name": "team"}}"#.to_string(), "Namespace team"),
-        ("v1", "PodList", format!(r#"{{{}, "spec": {{"containers": [{{"name": "c", "image": "i"}}]}}, "status": {{"podIP": "10.0.0.1", "podIPs": [{{"ip": "10.0.0.1"}}], "phase": "Running"}}}}"#, meta("p")), "Pod team/p"),
-        ("networking.k8s.io/v1", "NetworkPolicyList", format!(r#"{{{}, "spec": {{"podSelector": {{}}, "policyTypes": ["Ingress"]}}}}"#, meta("np")), "NetworkPolicy team/np"),
-        ("apps/v1", "DeploymentList", format!("{{{}, {apps_spec}}}", meta("d")), "Pod team/d"),
-        ("apps/v1", "StatefulSetList", format!("{{{}, {apps_spec}}}", meta("s")), "Pod team/s"),
-        ("apps/v1", "DaemonSetList", format!("{{{}, {apps_spec}}}", meta("ds")), "Pod team/ds"),
-        ("apps/v1", "ReplicaSetList", format!("{{{}, {apps_spec}}}", meta("rs")), "Pod team/rs"),
-        ("v1", "ReplicationControllerList", format!(r#"{{{}, "spec": {{"selector": {{"app": "w"}}, "template": {JSON_TEMPLATE}}}}}"#, meta("rc")), "Pod team/rc"),
-        ("batch/v1", "JobList", format!(r#"{{{}, "spec": {{"template": {JSON_TEMPLATE}}}}}"#, meta("j")), "Pod team/j"),
-        ("batch/v1", "CronJobList", format!(r#"{{{}, "spec": {{"schedule": "* * * * *", "jobTemplate": {{"spec": {{"template": {JSON_TEMPLATE}}}}}}}}}"#, meta("cj")), "Pod team/cj"),
+        (
+            "v1",
+            "NamespaceList",
+            r#"{"metadata": {"name": "team"}}"#.to_string(),
+            "Namespace team",
+        ),
+        (
+            "v1",
+            "PodList",
+            format!(
+                r#"{{{}, "spec": {{"containers": [{{"name": "c", "image": "i"}}]}}, "status": {{"podIP": "10.0.0.1", "podIPs": [{{"ip": "10.0.0.1"}}], "phase": "Running"}}}}"#,
+                meta("p")
+            ),
+            "Pod team/p",
+        ),
+        (
+            "networking.k8s.io/v1",
+            "NetworkPolicyList",
+            format!(
+                r#"{{{}, "spec": {{"podSelector": {{}}, "policyTypes": ["Ingress"]}}}}"#,
+                meta("np")
+            ),
+            "NetworkPolicy team/np",
+        ),
+        (
+            "apps/v1",
+            "DeploymentList",
+            format!("{{{}, {apps_spec}}}", meta("d")),
+            "Pod team/d",
+        ),
+        (
+            "apps/v1",
+            "StatefulSetList",
+            format!("{{{}, {apps_spec}}}", meta("s")),
+            "Pod team/s",
+        ),
+        (
+            "apps/v1",
+            "DaemonSetList",
+            format!("{{{}, {apps_spec}}}", meta("ds")),
+            "Pod team/ds",
+        ),
+        (
+            "apps/v1",
+            "ReplicaSetList",
+            format!("{{{}, {apps_spec}}}", meta("rs")),
+            "Pod team/rs",
+        ),
+        (
+            "v1",
+            "ReplicationControllerList",
+            format!(
+                r#"{{{}, "spec": {{"selector": {{"app": "w"}}, "template": {JSON_TEMPLATE}}}}}"#,
+                meta("rc")
+            ),
+            "Pod team/rc",
+        ),
+        (
+            "batch/v1",
+            "JobList",
+            format!(
+                r#"{{{}, "spec": {{"template": {JSON_TEMPLATE}}}}}"#,
+                meta("j")
+            ),
+            "Pod team/j",
+        ),
+        (
+            "batch/v1",
+            "CronJobList",
+            format!(
+                r#"{{{}, "spec": {{"schedule": "* * * * *", "jobTemplate": {{"spec": {{"template": {JSON_TEMPLATE}}}}}}}}}"#,
+                meta("cj")
+            ),
+            "Pod team/cj",
+        ),
     ];
     for (api_version, kind, item, want) in rows {
         let text = api_list(api_version, kind, &[&item]);
@@ -714,8 +781,18 @@ fn typed_lists_of_every_kind_name_their_items_kind() {
         assert_eq!(names(&load(&yaml, "list.yaml")), [want], "{kind} as YAML");
     }
     // An item's own kind and apiVersion, when present, are kept.
-    let text = api_list("v1", "PodList", &[r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}"#, r#"{"metadata": {"name": "b"}}"#]);
-    assert_eq!(names(&load(&text, "l.json")), ["Pod default/a", "Pod default/b"]);
+    let text = api_list(
+        "v1",
+        "PodList",
+        &[
+            r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}"#,
+            r#"{"metadata": {"name": "b"}}"#,
+        ],
+    );
+    assert_eq!(
+        names(&load(&text, "l.json")),
+        ["Pod default/a", "Pod default/b"]
+    );
 }
 
 #[test]
@@ -794,7 +871,10 @@ spec:
 "#;
     let loaded = load(text, "rendered.yaml");
     assert!(loaded.is_ok(), "{:?}", errors(&loaded));
-    assert_eq!(names(&loaded), ["Pod default/shop", "NetworkPolicy default/shop"]);
+    assert_eq!(
+        names(&loaded),
+        ["Pod default/shop", "NetworkPolicy default/shop"]
+    );
     assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
 }
 
@@ -834,7 +914,8 @@ fn unknown_and_duplicate_fields_follow_validate() {
     let typo = "apiVersion: v1\nkind: Namespace\nmetadata: {name: t, colour: x}\n";
     assert!(!load_with(typo, "t.yaml", FieldValidation::Strict).is_ok());
     // JSON duplicates are caught too.
-    let json = r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "name": "b"}}"#;
+    let json =
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "name": "b"}}"#;
     assert!(!load(json, "d.json").is_ok());
     let warned = load_with(json, "d.json", FieldValidation::Warn);
     assert_eq!(names(&warned), ["Namespace b"]);

@@ -74,11 +74,26 @@ fn uninterpretable_rules_fail_closed() {
     assert_eq!(p.object.pod_selector.match_labels["app"], "db");
 
     for (name, spec) in [
-        ("unknown protocol", serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]})),
-        ("peer with no field", serde_json::json!({"podSelector": {}, "ingress": [{"from": [{}]}]})),
-        ("endPort below port", serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]})),
-        ("except outside cidr", serde_json::json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["11.0.0.0/24"]}}]}]})),
-        ("unknown operator in a peer", serde_json::json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}}]}]})),
+        (
+            "unknown protocol",
+            serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
+        ),
+        (
+            "peer with no field",
+            serde_json::json!({"podSelector": {}, "ingress": [{"from": [{}]}]}),
+        ),
+        (
+            "endPort below port",
+            serde_json::json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
+        ),
+        (
+            "except outside cidr",
+            serde_json::json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["11.0.0.0/24"]}}]}]}),
+        ),
+        (
+            "unknown operator in a peer",
+            serde_json::json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Equals", "values": ["b"]}]}}]}]}),
+        ),
     ] {
         let p = stored_network_policy(&policy(spec));
         assert!(!p.problems.is_empty(), "{name}");
@@ -96,8 +111,14 @@ fn an_uninterpretable_selector_or_type_isolates_the_whole_namespace_both_ways() 
         let p = stored_network_policy(&policy(spec.clone()));
         assert!(!p.problems.is_empty(), "{spec}");
         assert_eq!(p.object.pod_selector, LabelSelector::default(), "{spec}");
-        assert!(p.object.isolates_ingress && p.object.isolates_egress, "{spec}");
-        assert!(p.object.ingress.is_empty() && p.object.egress.is_empty(), "{spec}");
+        assert!(
+            p.object.isolates_ingress && p.object.isolates_egress,
+            "{spec}"
+        );
+        assert!(
+            p.object.ingress.is_empty() && p.object.egress.is_empty(),
+            "{spec}"
+        );
     }
 }
 

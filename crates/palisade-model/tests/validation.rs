@@ -80,7 +80,6 @@ fn every_rule_rejects_with_the_exact_field_path() {
     assert!(rows.len() >= 80, "{} rows", rows.len());
 }
 
-
 #[test]
 fn valid_objects_are_accepted() {
     for ValidRow {
