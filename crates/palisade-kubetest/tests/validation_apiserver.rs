@@ -76,10 +76,10 @@ fn complete_pod_spec(spec: &mut Value, restart_never: bool) {
 fn complete(v: &mut Value) {
     match v["kind"].as_str().unwrap_or_default() {
         "Pod" => complete_pod_spec(&mut v["spec"], false),
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController" => {
-            if v["spec"]["template"].is_object() {
-                complete_pod_spec(&mut v["spec"]["template"]["spec"], false);
-            }
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
+            if v["spec"]["template"].is_object() =>
+        {
+            complete_pod_spec(&mut v["spec"]["template"]["spec"], false);
         }
         "Job" => complete_pod_spec(&mut v["spec"]["template"]["spec"], true),
         "CronJob" => {

@@ -676,15 +676,14 @@ fn network_policy_in(p: &net::NetworkPolicy, errs: &mut Errors) -> NetworkPolicy
             types.iter().any(|t| t == "Egress"),
         )
     };
-    let policy = NetworkPolicy {
+    NetworkPolicy {
         key: Key::new(namespace_of(&p.metadata), name_of(&p.metadata)),
         pod_selector,
         isolates_ingress,
         isolates_egress,
         ingress,
         egress,
-    };
-    policy
+    }
 }
 
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
@@ -893,7 +892,7 @@ fn pod_in(p: &core::Pod, errs: &mut Errors) -> Pod {
     let spec = p.spec.as_ref().unwrap_or(&default_spec);
     let ports = container_ports(spec, "spec", errs);
     let ips = pod_ips(p.status.as_ref(), errs);
-    let pod = Pod {
+    Pod {
         key: Key::new(namespace_of(&p.metadata), name_of(&p.metadata)),
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ips,
@@ -902,8 +901,7 @@ fn pod_in(p: &core::Pod, errs: &mut Errors) -> Pod {
         node: spec.node_name.clone().filter(|n| !n.is_empty()),
         phase: phase(p.status.as_ref()),
         source: PodSource::Pod,
-    };
-    pod
+    }
 }
 
 /// The template part of `ValidatePodTemplateSpec` the model reads: labels (reported at
