@@ -3,7 +3,7 @@
 # the dataplanes, and a Rust toolchain if there is none. Safe to run again (a no-op then).
 set -euo pipefail
 
-packages=(nftables iptables ipset iproute2 iperf3 procps ca-certificates curl build-essential pkg-config)
+packages=(nftables iptables ipset iproute2 iperf3 procps ca-certificates curl build-essential pkg-config graphviz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub rule_packets: Family<RuleLabels, Gauge>,
     /// New connections dropped by default deny, per local endpoint and direction.
     pub default_deny_packets: Family<EndpointLabels, Gauge>,
+    pub uninterpretable_objects: Gauge,
 }
 
 /// One policy rule: bounded by the rules of the policies selecting local pods.
@@ -59,6 +60,7 @@ impl Metrics {
             applies: Counter::default(),
             rule_packets: Family::default(),
             default_deny_packets: Family::default(),
+            uninterpretable_objects: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,6 +118,11 @@ impl Metrics {
             "default_deny_dropped_packets",
             "New connections dropped by default deny, per local endpoint and direction",
             m.default_deny_packets.clone(),
+        );
+        registry.register(
+            "uninterpretable_objects",
+            "Stored objects that cannot be fully interpreted, enforced fail-closed",
+            m.uninterpretable_objects.clone(),
         );
         Metrics { registry, ..m }
     }

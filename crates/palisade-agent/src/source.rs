@@ -1,11 +1,18 @@
 //! Sources of cluster state: Kubernetes watches (kube-rs watcher, re-listing after errors
-//! and `410 Gone`) and a manifests folder. Both send [`SourceEvent`]s of validated
-//! objects; an object that fails validation is counted and logged, and the last valid
-//! version stays in force.
+//! and `410 Gone`) and a manifests folder. Both send [`SourceEvent`]s of model objects.
+//!
+//! What the API server stored is what the agent enforces: watched objects are not put
+//! through the offline validator again (the server that stored them may have had looser
+//! rules, e.g. `StrictIPCIDRValidation` off) but interpreted as the API server and other
+//! enforcers read them ([`convert::stored_network_policy`]: a CIDR with host bits set
+//! means its network). What still cannot be interpreted fails closed (a policy keeps
+//! isolating the pods it selects, with none of its allows), is logged, counted in
+//! `palisade_uninterpretable_objects` and named by `/readyz`.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
@@ -13,7 +20,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as net;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
-use palisade_model::error::InvalidObject;
+use palisade_model::convert::Interpreted;
 use palisade_model::{Key, Object, convert};
 use tokio::task::JoinHandle;
 
@@ -56,7 +63,7 @@ trait Watched:
     + 'static
 {
     const KIND: Kind;
-    fn convert(&self) -> Result<Object, InvalidObject>;
+    fn convert(&self) -> Interpreted<Object>;
     fn key(&self) -> Key;
 }
 
@@ -69,8 +76,8 @@ fn meta_key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -
 
 impl Watched for core::Namespace {
     const KIND: Kind = Kind::Namespace;
-    fn convert(&self) -> Result<Object, InvalidObject> {
-        convert::namespace(self).map(Object::Namespace)
+    fn convert(&self) -> Interpreted<Object> {
+        lift(convert::stored_namespace(self), Object::Namespace)
     }
     fn key(&self) -> Key {
         Key::new("", self.metadata.name.clone().unwrap_or_default())
@@ -79,8 +86,8 @@ impl Watched for core::Namespace {
 
 impl Watched for core::Pod {
     const KIND: Kind = Kind::Pod;
-    fn convert(&self) -> Result<Object, InvalidObject> {
-        convert::pod(self).map(Object::Pod)
+    fn convert(&self) -> Interpreted<Object> {
+        lift(convert::stored_pod(self), Object::Pod)
     }
     fn key(&self) -> Key {
         meta_key(&self.metadata)
@@ -89,11 +96,72 @@ impl Watched for core::Pod {
 
 impl Watched for net::NetworkPolicy {
     const KIND: Kind = Kind::NetworkPolicy;
-    fn convert(&self) -> Result<Object, InvalidObject> {
-        convert::network_policy(self).map(Object::NetworkPolicy)
+    fn convert(&self) -> Interpreted<Object> {
+        lift(convert::stored_network_policy(self), Object::NetworkPolicy)
     }
     fn key(&self) -> Key {
         meta_key(&self.metadata)
+    }
+}
+
+fn lift<T>(i: Interpreted<T>, f: impl FnOnce(T) -> Object) -> Interpreted<Object> {
+    Interpreted {
+        object: f(i.object),
+        problems: i.problems,
+    }
+}
+
+/// The stored objects that could not be fully interpreted (and so fail closed), for
+/// `/metrics` and `/readyz`.
+#[derive(Debug)]
+struct Uninterpretable {
+    objects: Mutex<BTreeSet<(Kind, Key)>>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+impl Uninterpretable {
+    fn health_name(kind: Kind, key: &Key) -> String {
+        let what = if key.namespace.is_empty() {
+            key.name.clone()
+        } else {
+            key.to_string()
+        };
+        format!(
+            "{} {what} cannot be interpreted (enforced fail-closed)",
+            kind.as_str()
+        )
+    }
+
+    fn set(&self, kind: Kind, key: Key, bad: bool) {
+        let mut objects = self.objects.lock().expect("uninterpretable lock");
+        let name = Self::health_name(kind, &key);
+        if bad {
+            objects.insert((kind, key));
+            self.health.source_failing(&name);
+        } else if objects.remove(&(kind, key)) {
+            self.health.source_ok(&name);
+        }
+        self.metrics
+            .uninterpretable_objects
+            .set(objects.len() as i64);
+    }
+
+    /// After a re-list: objects of `kind` that are no longer listed are gone.
+    fn retain(&self, kind: Kind, listed: &BTreeSet<Key>) {
+        let mut objects = self.objects.lock().expect("uninterpretable lock");
+        let gone: Vec<(Kind, Key)> = objects
+            .iter()
+            .filter(|(k, key)| *k == kind && !listed.contains(key))
+            .cloned()
+            .collect();
+        for (k, key) in gone {
+            self.health.source_ok(&Self::health_name(k, &key));
+            objects.remove(&(k, key));
+        }
+        self.metrics
+            .uninterpretable_objects
+            .set(objects.len() as i64);
     }
 }
 
@@ -121,56 +189,65 @@ fn backoff(max: Duration) -> backon::ExponentialBackoff {
 fn spawn_watch<K: Watched>(
     client: Client,
     tx: Sender<SourceEvent>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    bad: Arc<Uninterpretable>,
     max_backoff: Duration,
 ) -> JoinHandle<()> {
+    let health = bad.health.clone();
     tokio::spawn(async move {
         let api: Api<K> = Api::all(client);
         let name = format!("watch/{}", K::KIND.as_str());
-        let convert = |o: &K| match o.convert() {
-            Ok(object) => Some(object),
-            Err(e) => {
-                metrics.invalid_objects.inc();
-                tracing::error!(error = %e, "invalid object ignored; its last valid version stays in force");
-                None
+        let convert = |o: &K| {
+            let Interpreted { object, problems } = o.convert();
+            if !problems.is_empty() {
+                let fields: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                tracing::error!(
+                    kind = K::KIND.as_str(),
+                    object = %o.key(),
+                    problems = %fields.join("; "),
+                    "stored object cannot be fully interpreted; enforcing it fail-closed \
+                     (the pods it selects stay isolated, without its allows)"
+                );
             }
+            bad.set(K::KIND, o.key(), !problems.is_empty());
+            object
         };
         let mut delays = backoff(max_backoff);
         loop {
             let mut stream = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
             let mut buffer: Vec<Object> = Vec::new();
+            let mut listed: BTreeSet<Key> = BTreeSet::new();
             while let Some(item) = stream.next().await {
                 let at = Instant::now();
                 let change = match item {
                     Err(e) => {
-                        metrics.watch_restart(K::KIND.as_str());
+                        bad.metrics.watch_restart(K::KIND.as_str());
                         health.source_failing(&name);
                         tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; re-listing with backoff");
                         break;
                     }
                     Ok(Event::Init) => {
                         buffer.clear();
+                        listed.clear();
                         continue;
                     }
                     Ok(Event::InitApply(o)) => {
-                        buffer.extend(convert(&o));
+                        listed.insert(o.key());
+                        buffer.push(convert(&o));
                         continue;
                     }
                     Ok(Event::InitDone) => {
+                        bad.retain(K::KIND, &std::mem::take(&mut listed));
                         health.source_ok(&name);
                         delays = backoff(max_backoff);
                         Change::Replace(K::KIND, std::mem::take(&mut buffer))
                     }
                     Ok(Event::Apply(o)) => {
                         health.source_ok(&name);
-                        match convert(&o) {
-                            Some(object) => Change::Apply(object),
-                            None => continue,
-                        }
+                        Change::Apply(convert(&o))
                     }
                     Ok(Event::Delete(o)) => {
                         health.source_ok(&name);
+                        bad.set(K::KIND, o.key(), false);
                         Change::Delete(K::KIND, o.key())
                     }
                 };
@@ -192,22 +269,15 @@ pub fn spawn_kube_watchers(
     health: Arc<Health>,
     max_backoff: Duration,
 ) -> Vec<JoinHandle<()>> {
+    let bad = Arc::new(Uninterpretable {
+        objects: Mutex::new(BTreeSet::new()),
+        metrics,
+        health,
+    });
     vec![
-        spawn_watch::<core::Namespace>(
-            client.clone(),
-            tx.clone(),
-            metrics.clone(),
-            health.clone(),
-            max_backoff,
-        ),
-        spawn_watch::<core::Pod>(
-            client.clone(),
-            tx.clone(),
-            metrics.clone(),
-            health.clone(),
-            max_backoff,
-        ),
-        spawn_watch::<net::NetworkPolicy>(client, tx, metrics, health, max_backoff),
+        spawn_watch::<core::Namespace>(client.clone(), tx.clone(), bad.clone(), max_backoff),
+        spawn_watch::<core::Pod>(client.clone(), tx.clone(), bad.clone(), max_backoff),
+        spawn_watch::<net::NetworkPolicy>(client, tx, bad, max_backoff),
     ]
 }
 

@@ -235,7 +235,14 @@ async fn watch_410_gone_after_etcd_compaction() -> Result<()> {
     }
     palisade_lab::install_signal_cleanup().map_err(Error::other)?;
     // Watches straight from etcd: see ControlPlaneOptions::watch_cache.
-    let mut c = cluster(true, ControlPlaneOptions { watch_cache: false }).await?;
+    let mut c = cluster(
+        true,
+        ControlPlaneOptions {
+            watch_cache: false,
+            ..Default::default()
+        },
+    )
+    .await?;
     let restarts_before: u64 = c.agents.iter().map(total_restarts).sum();
 
     let proxy = c.proxy.as_ref().expect("via proxy");

@@ -11,8 +11,8 @@ use palisade_conformance::{CaseFile, EngineProber, default_addresses};
 use palisade_engine::connlist::Connection;
 use palisade_engine::verdict::SideVerdict;
 use palisade_engine::{ClusterState, Endpoint, Flow};
-use palisade_model::load::{Loaded, load_paths};
-use palisade_model::{IpFamily, Key, Protocol};
+use palisade_model::load::{Loaded, load_paths_with};
+use palisade_model::{FieldValidation, IpFamily, Key, KubeVersion, Options, Protocol};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -23,9 +23,54 @@ pub struct InputArgs {
     /// Manifest file or folder (recursive); `-` reads stdin. Repeatable.
     #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub read: ReadArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
+}
+
+/// How manifests are read and validated.
+#[derive(Debug, Args, Clone)]
+pub struct ReadArgs {
+    /// Validate as this Kubernetes version does by default (1.NN; default: the newest
+    /// supported). E.g. 1.35 still accepts CIDRs with host bits set (StrictIPCIDRValidation).
+    #[arg(long = "kubernetes-version", value_name = "1.NN", default_value_t = KubeVersion::NEWEST)]
+    pub kubernetes_version: KubeVersion,
+    /// Unknown and duplicate fields, as kubectl's flag: strict (an error), warn (one
+    /// warning per field, the object is read), ignore.
+    #[arg(
+        long = "validate",
+        value_name = "strict|warn|ignore",
+        default_value = "strict"
+    )]
+    pub validate: FieldValidation,
+}
+
+impl ReadArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            version: self.kubernetes_version,
+            fields: self.validate,
+        }
+    }
+}
+
+/// Reads `paths`, printing notes and warnings on stderr.
+pub fn read_inputs(paths: &[PathBuf], read: &ReadArgs) -> Loaded {
+    let loaded = load_paths_with(paths, &read.options());
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    loaded
+}
+
+/// Every error of `loaded`, one line per invalid field, as kubectl prints them.
+pub fn error_lines(loaded: &Loaded) -> Vec<String> {
+    loaded.errors.iter().flat_map(|e| e.lines()).collect()
 }
 
 /// A `PORT/PROTOCOL` argument (`80/TCP`, `53/udp`; protocol defaults to TCP).
@@ -88,8 +133,24 @@ pub struct ExplainArgs {
 
 #[derive(Debug, Args)]
 pub struct ConnlistArgs {
+    /// Manifest file or folder (recursive); `-` reads stdin. Repeatable.
+    #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
     #[command(flatten)]
-    pub input: InputArgs,
+    pub read: ReadArgs,
+    /// Output format: a table, JSON, YAML, Graphviz text, or SVG (needs Graphviz).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = ConnlistFormat::Table)]
+    pub output: ConnlistFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum ConnlistFormat {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+    Dot,
+    Svg,
 }
 
 #[derive(Debug, Args)]
@@ -122,14 +183,12 @@ fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     s.parse()
 }
 
-/// Loads and validates; any error stops the command (never a half-analysed input).
-fn load_state(paths: &[PathBuf]) -> anyhow::Result<(ClusterState, Loaded)> {
-    let loaded = load_paths(paths);
-    for note in &loaded.notes {
-        eprintln!("note: {note}");
-    }
+/// Loads and validates; any error stops the command (never a half-analysed input), and so
+/// does an input without any object (an empty analysis would look like a clean one).
+pub fn load_state(paths: &[PathBuf], read: &ReadArgs) -> anyhow::Result<(ClusterState, Loaded)> {
+    let loaded = read_inputs(paths, read);
     if !loaded.is_ok() {
-        for e in &loaded.errors {
+        for e in error_lines(&loaded) {
             eprintln!("error: {e}");
         }
         bail!(
@@ -137,21 +196,37 @@ fn load_state(paths: &[PathBuf]) -> anyhow::Result<(ClusterState, Loaded)> {
             loaded.errors.len()
         );
     }
+    if loaded.objects.is_empty() {
+        bail!("{}", no_objects(paths, &loaded));
+    }
     let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
     Ok((state, loaded))
 }
 
+fn no_objects(paths: &[PathBuf], loaded: &Loaded) -> String {
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "no object Palisade reads in {} ({} document(s) skipped)",
+        names.join(", "),
+        loaded.notes.len()
+    )
+}
+
 pub fn validate(args: &InputArgs) -> anyhow::Result<ExitCode> {
-    let loaded = load_paths(&args.paths);
-    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    let loaded = load_paths_with(&args.paths, &args.read.options());
+    let errors = error_lines(&loaded);
     let report = json!({
         "objects": loaded.objects.len(),
         "errors": errors,
+        "warnings": loaded.warnings,
         "notes": loaded.notes,
     });
     if !structured(args.output, &report)? {
         for note in &loaded.notes {
             println!("note: {note}");
+        }
+        for w in &loaded.warnings {
+            println!("warning: {w}");
         }
         for e in &errors {
             println!("error: {e}");
@@ -162,11 +237,13 @@ pub fn validate(args: &InputArgs) -> anyhow::Result<ExitCode> {
             errors.len()
         );
     }
-    Ok(if errors.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    if !errors.is_empty() {
+        return Ok(ExitCode::from(1));
+    }
+    if loaded.objects.is_empty() {
+        bail!("{}", no_objects(&args.paths, &loaded));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn default_ports(state: &ClusterState) -> Vec<PortArg> {
@@ -199,7 +276,7 @@ struct MatrixOut {
 }
 
 pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
-    let (state, _) = load_state(&args.input.paths)?;
+    let (state, _) = load_state(&args.input.paths, &args.input.read)?;
     let ports = if args.ports.is_empty() {
         default_ports(&state)
     } else {
@@ -262,6 +339,7 @@ fn side_json(side: &SideVerdict) -> Value {
     match side {
         SideVerdict::External => json!({"verdict": "allowed", "reason": "external"}),
         SideVerdict::HostNetwork => json!({"verdict": "allowed", "reason": "host-network"}),
+        SideVerdict::SelfTraffic => json!({"verdict": "allowed", "reason": "self"}),
         SideVerdict::NotIsolated => json!({"verdict": "allowed", "reason": "not-isolated"}),
         SideVerdict::Allowed {
             isolated_by,
@@ -281,7 +359,7 @@ fn side_json(side: &SideVerdict) -> Value {
 }
 
 pub fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
-    let (state, _) = load_state(&args.input.paths)?;
+    let (state, _) = load_state(&args.input.paths, &args.input.read)?;
     // Addresses fix the flow's family; they must agree with each other and with --family.
     let mut family = args.family;
     for e in [&args.from, &args.to] {
@@ -362,17 +440,26 @@ pub fn connections_json(conns: &[Connection]) -> Value {
 }
 
 pub fn connlist(args: &ConnlistArgs) -> anyhow::Result<ExitCode> {
-    let (state, _) = load_state(&args.input.paths)?;
+    let (state, _) = load_state(&args.paths, &args.read)?;
     let conns = palisade_engine::connlist::connlist(&state);
-    if args.input.output == Format::Json {
+    match args.output {
         // Compact and exactly the documented shape.
-        println!("{}", serde_json::to_string(&connections_json(&conns))?);
-    } else if !structured(args.input.output, &connections_json(&conns))? {
-        let rows: Vec<Vec<String>> = conns
-            .iter()
-            .map(|c| vec![c.src.clone(), c.dst.clone(), c.allowed.to_string()])
-            .collect();
-        print!("{}", table(&["SRC", "DST", "ALLOWED"], &rows));
+        ConnlistFormat::Json => println!("{}", serde_json::to_string(&connections_json(&conns))?),
+        ConnlistFormat::Yaml => {
+            structured(Format::Yaml, &connections_json(&conns))?;
+        }
+        ConnlistFormat::Dot => print!("{}", crate::graph::connlist_dot(&conns)),
+        ConnlistFormat::Svg => print!(
+            "{}",
+            crate::graph::svg(&crate::graph::connlist_dot(&conns))?
+        ),
+        ConnlistFormat::Table => {
+            let rows: Vec<Vec<String>> = conns
+                .iter()
+                .map(|c| vec![c.src.clone(), c.dst.clone(), c.allowed.to_string()])
+                .collect();
+            print!("{}", table(&["SRC", "DST", "ALLOWED"], &rows));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -380,10 +467,13 @@ pub fn connlist(args: &ConnlistArgs) -> anyhow::Result<ExitCode> {
 pub fn lint(args: &LintArgs) -> anyhow::Result<ExitCode> {
     // Invalid objects (e.g. an except outside its cidr) are findings too, so lint reports
     // them instead of stopping.
-    let loaded = load_paths(&args.input.paths);
+    let loaded = read_inputs(&args.input.paths, &args.input.read);
+    if loaded.is_ok() && loaded.objects.is_empty() {
+        bail!("{}", no_objects(&args.input.paths, &loaded));
+    }
     let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
     let findings = palisade_engine::lint::lint(&state);
-    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    let errors = error_lines(&loaded);
     let value = json!({
         "errors": errors,
         "findings": findings.iter().map(|f| json!({

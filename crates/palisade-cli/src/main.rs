@@ -11,6 +11,8 @@
 mod agent;
 mod analysis;
 mod dataplane;
+mod diff;
+mod graph;
 mod output;
 
 use std::process::ExitCode;
@@ -38,6 +40,8 @@ enum Command {
     Explain(analysis::ExplainArgs),
     /// Every allowed connection between pods/workloads and the external CIDRs of ipBlocks.
     Connlist(analysis::ConnlistArgs),
+    /// The connectivity difference between two sets of manifests (exit 1 when it changed).
+    Diff(diff::DiffArgs),
     /// Policies that are valid but probably wrong.
     Lint(analysis::LintArgs),
     /// Run a conformance case file against the engine.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::Matrix(a) => analysis::matrix(&a),
         Command::Explain(a) => analysis::explain(&a),
         Command::Connlist(a) => analysis::connlist(&a),
+        Command::Diff(a) => diff::diff(&a),
         Command::Lint(a) => analysis::lint(&a),
         Command::Conformance(a) => analysis::conformance(&a),
         Command::Apply(a) => dataplane::apply(&a),

@@ -184,6 +184,117 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "validate_typed_lists",
+        &["validate", "-f", "testdata/lists"],
+    ),
+    (
+        "matrix_typed_lists",
+        &["matrix", "-f", "testdata/lists/snapshot.json"],
+    ),
+    (
+        "validate_no_objects",
+        &["validate", "-f", "testdata/no-objects"],
+    ),
+    (
+        "matrix_no_objects",
+        &["matrix", "-f", "testdata/no-objects"],
+    ),
+    (
+        "validate_strict_cidrs",
+        &["validate", "-f", "testdata/versions/host-bits.yaml"],
+    ),
+    (
+        "validate_strict_cidrs_1_35",
+        &[
+            "validate",
+            "-f",
+            "testdata/versions/host-bits.yaml",
+            "--kubernetes-version",
+            "1.35",
+        ],
+    ),
+    (
+        "validate_fields_strict",
+        &["validate", "-f", "testdata/versions/typo.yaml"],
+    ),
+    (
+        "validate_fields_warn",
+        &[
+            "validate",
+            "-f",
+            "testdata/versions/typo.yaml",
+            "--validate",
+            "warn",
+        ],
+    ),
+    (
+        "validate_fields_ignore",
+        &[
+            "validate",
+            "-f",
+            "testdata/versions/typo.yaml",
+            "--validate=ignore",
+        ],
+    ),
+    (
+        "explain_self",
+        &[
+            "explain",
+            "-f",
+            "examples/demo",
+            "--from",
+            "default/nginx",
+            "--to",
+            "default/nginx",
+            "--port",
+            "80/TCP",
+        ],
+    ),
+    (
+        "connlist_shop_dot",
+        &["connlist", "-f", "testdata/analysis", "-o", "dot"],
+    ),
+    (
+        "connlist_demo_dot",
+        &["connlist", "-f", "examples/demo", "-o", "dot"],
+    ),
+    (
+        "diff_shop",
+        &["diff", "testdata/diff/old", "testdata/diff/new"],
+    ),
+    (
+        "diff_shop_json",
+        &[
+            "diff",
+            "testdata/diff/old",
+            "testdata/diff/new",
+            "-o",
+            "json",
+        ],
+    ),
+    (
+        "diff_shop_md",
+        &["diff", "testdata/diff/old", "testdata/diff/new", "-o", "md"],
+    ),
+    (
+        "diff_shop_dot",
+        &[
+            "diff",
+            "testdata/diff/old",
+            "testdata/diff/new",
+            "-o",
+            "dot",
+        ],
+    ),
+    (
+        "diff_unchanged",
+        &["diff", "testdata/analysis", "testdata/diff/old"],
+    ),
+    (
+        "diff_invalid_side",
+        &["diff", "testdata/diff/old", "testdata/invalid"],
+    ),
+    (
         "apply_dry_run",
         &[
             "apply",

@@ -388,7 +388,21 @@ fn range_to_cidrs(mut start: u128, end: u128, family: IpFamily) -> Vec<IpNet> {
 
 /// The connection list, sorted (pods by name, then CIDRs by address), only pairs with at least one allowed connection.
 pub fn connlist(state: &ClusterState) -> Vec<Connection> {
+    connlist_cut(state, &[])
+}
+
+/// Every ipBlock of the state's policies: what [`connlist_cut`] of another state needs so
+/// that both cut the external address space alike (`palisade diff`).
+pub fn policy_ip_blocks(state: &ClusterState) -> Vec<IpBlock> {
+    ip_blocks(state).into_iter().cloned().collect()
+}
+
+/// [`connlist`], with the external address space also cut at the boundaries of `extra`
+/// (blocks of another state), so that two lists name the same external endpoints.
+pub fn connlist_cut(state: &ClusterState, extra: &[IpBlock]) -> Vec<Connection> {
     let blocks = ip_blocks(state);
+    let mut cut: Vec<&IpBlock> = blocks.clone();
+    cut.extend(extra);
     let mut eval = Evaluator::new(state, &blocks);
     let n = eval.classes.len();
     let mut out = Vec::new();
@@ -411,7 +425,7 @@ pub fn connlist(state: &ClusterState) -> Vec<Connection> {
             }
         }
     }
-    for net in external_blocks(&blocks) {
+    for net in external_blocks(&cut) {
         let ip = net.network();
         let family = IpFamily::of(&ip);
         for c in 0..n {
@@ -443,6 +457,76 @@ pub fn connlist(state: &ClusterState) -> Vec<Connection> {
     }
     out.sort_by_cached_key(|c| (EndpointOrder::of(&c.src), EndpointOrder::of(&c.dst)));
     out
+}
+
+/// How one pair's connectivity changed between two states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Change {
+    Added,
+    Removed,
+    /// Connected in both, on different ports or protocols.
+    Changed,
+    Unchanged,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+            Change::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// One pair of [`diff`]: what was allowed before and after (empty when nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionDiff {
+    pub src: String,
+    pub dst: String,
+    pub change: Change,
+    pub old: PortRanges,
+    pub new: PortRanges,
+}
+
+/// The connectivity difference between two states, pair by pair (the pairs of either
+/// [`connlist`]), in connlist order. Both lists cut the external address space at the
+/// ipBlock boundaries of both states, so an external endpoint names the same addresses on
+/// both sides.
+pub fn diff(old: &ClusterState, new: &ClusterState) -> Vec<ConnectionDiff> {
+    let old_list = connlist_cut(old, &policy_ip_blocks(new));
+    let new_list = connlist_cut(new, &policy_ip_blocks(old));
+    let mut pairs: BTreeMap<(EndpointOrder, EndpointOrder), ConnectionDiff> = BTreeMap::new();
+    for (conns, is_new) in [(old_list, false), (new_list, true)] {
+        for c in conns {
+            let key = (EndpointOrder::of(&c.src), EndpointOrder::of(&c.dst));
+            let entry = pairs.entry(key).or_insert_with(|| ConnectionDiff {
+                src: c.src.clone(),
+                dst: c.dst.clone(),
+                change: Change::Unchanged,
+                old: PortRanges::none(),
+                new: PortRanges::none(),
+            });
+            if is_new {
+                entry.new = c.allowed;
+            } else {
+                entry.old = c.allowed;
+            }
+        }
+    }
+    pairs
+        .into_values()
+        .map(|mut d| {
+            d.change = match (d.old.is_empty(), d.new.is_empty()) {
+                (true, _) => Change::Added,
+                (_, true) => Change::Removed,
+                _ if d.old == d.new => Change::Unchanged,
+                _ => Change::Changed,
+            };
+            d
+        })
+        .collect()
 }
 
 /// Output order: pods by name, then CIDRs by family, address and prefix length.

@@ -71,6 +71,9 @@ pub enum SideVerdict {
     External,
     /// A hostNetwork pod: it cannot be isolated (§11).
     HostNetwork,
+    /// A pod's traffic to itself: it never leaves the pod's network namespace, so no
+    /// enforcer (ours or any CNI's) sees it; allowed whatever the policies.
+    SelfTraffic,
     /// No policy selecting the pod isolates this direction: everything is allowed (§1).
     NotIsolated,
     /// Isolated by these policies, and allowed by these rules (all of them, sorted).
@@ -244,6 +247,16 @@ impl ClusterState {
         let src = self.resolve(&flow.src)?;
         let dst = self.resolve(&flow.dst)?;
         let family = Self::flow_family(flow, src, dst)?;
+        if let (Resolved::Pod(a), Resolved::Pod(b)) = (src, dst)
+            && a.key == b.key
+        {
+            return Ok(Explanation {
+                flow: flow.clone(),
+                family,
+                egress: SideVerdict::SelfTraffic,
+                ingress: SideVerdict::SelfTraffic,
+            });
+        }
         let src_ns = match src {
             Resolved::Pod(p) => self.namespace_labels(&p.key.namespace).into_owned(),
             Resolved::Ip(_) => Labels::new(),
@@ -272,6 +285,10 @@ impl ClusterState {
         self.explain(flow).map(|e| e.allowed())
     }
 }
+
+/// Why a pod's traffic to itself is allowed (`explain`, docs).
+pub const SELF_TRAFFIC_REASON: &str =
+    "a pod's traffic to itself never leaves its network namespace and is not filtered";
 
 fn keys(keys: &[Key]) -> String {
     keys.iter()
@@ -305,6 +322,7 @@ impl fmt::Display for Explanation {
                 SideVerdict::HostNetwork => {
                     format!("{who} uses the host network and cannot be isolated")
                 }
+                SideVerdict::SelfTraffic => SELF_TRAFFIC_REASON.to_string(),
                 SideVerdict::NotIsolated => format!(
                     "{who} is not isolated for {}: no policy selecting it has {policy_type} \
                      in policyTypes, so all is allowed",

@@ -78,6 +78,7 @@ fn as_ref_side(side: &SideVerdict) -> RefSide {
     match side {
         SideVerdict::External => RefSide::External,
         SideVerdict::HostNetwork => RefSide::HostNetwork,
+        SideVerdict::SelfTraffic => RefSide::SelfTraffic,
         SideVerdict::NotIsolated => RefSide::NotIsolated,
         SideVerdict::Allowed {
             isolated_by,
@@ -571,7 +572,8 @@ fn ir_vs_engine(seed: u64, objects: &[Object]) -> Option<String> {
         .collect();
     for (src, src_ips) in &endpoints {
         for (dst, dst_ips) in &endpoints {
-            if matches!((src, dst), (Endpoint::Ip(_), Endpoint::Ip(_))) {
+            // A pod's traffic to itself never reaches a dataplane.
+            if matches!((src, dst), (Endpoint::Ip(_), Endpoint::Ip(_))) || src == dst {
                 continue;
             }
             for family in [IpFamily::V4, IpFamily::V6] {

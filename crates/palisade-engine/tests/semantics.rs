@@ -6,7 +6,7 @@
 //! when both ends are visible to a dataplane, through the compiled IR, so the three
 //! readings of the checklist are held to the same answer.
 //!
-//! Side notation: `not isolated`, `external`, `host network`,
+//! Side notation: `not isolated`, `external`, `host network`, `self`,
 //! `isolated by a/p, a/q; allowed by a/p ingress[0]`, `isolated by a/p; denied`.
 
 use palisade_engine::verdict::ExplainError;
@@ -92,6 +92,7 @@ fn engine_side(side: &SideVerdict) -> String {
     match side {
         SideVerdict::External => "external".into(),
         SideVerdict::HostNetwork => "host network".into(),
+        SideVerdict::SelfTraffic => "self".into(),
         SideVerdict::NotIsolated => "not isolated".into(),
         SideVerdict::Allowed {
             isolated_by,
@@ -111,6 +112,7 @@ fn reference_side(side: &RefSide, direction: &str) -> String {
     match side {
         RefSide::External => "external".into(),
         RefSide::HostNetwork => "host network".into(),
+        RefSide::SelfTraffic => "self".into(),
         RefSide::NotIsolated => "not isolated".into(),
         RefSide::Isolated {
             isolated_by,
@@ -228,7 +230,10 @@ impl Table {
                 .filter(|p| p.host_network || p.node.is_some())
                 .and_then(|p| p.ip(e.family)),
         };
-        if let (Some(s), Some(d)) = (address(&flow.src), address(&flow.dst)) {
+        // A pod's traffic to itself never reaches a dataplane: nothing to compare there.
+        if let (Some(s), Some(d)) = (address(&flow.src), address(&flow.dst))
+            && s != d
+        {
             let nodes: Vec<_> = ["n1", "n2"].iter().map(|n| state.compile_node(n)).collect();
             let ir = ir_allows(&nodes, s, d, ir_protocol(flow.protocol), flow.port);
             if ir != allowed {
@@ -283,6 +288,16 @@ fn s01_isolation() {
         true,
         "not isolated",
         "not isolated",
+    );
+    t.row(
+        "self: a pod's traffic to itself is allowed, even isolated both ways with no rule",
+        &with(vec![
+            policy("a", "deny-all").types(&[Ingress, Egress]).build(),
+        ]),
+        flow("a/server", "a/server", Tcp, 8080),
+        true,
+        "self",
+        "self",
     );
     t.row(
         "§1 a policy selects pods of its own namespace only",

@@ -43,11 +43,24 @@ pub struct ControlPlaneOptions {
     /// compaction does not touch, and the 410 may never come: a test that means to force
     /// the 410 path of the agent's watches turns it off.
     pub watch_cache: bool,
+    /// The `StrictIPCIDRValidation` feature gate (on by default since 1.36). Off, the API
+    /// server stores what older servers stored: CIDRs with host bits set, IPv4 octets with
+    /// leading zeros, IPv4-mapped IPv6 addresses.
+    pub strict_ip_cidr_validation: bool,
+    /// Store objects in etcd as JSON (`--storage-media-type=application/json`) instead of
+    /// protobuf, so that a test can write an object straight into etcd
+    /// ([`ControlPlane::etcd_put_json`]), as an older or buggier API server could have
+    /// stored it, bypassing validation.
+    pub storage_json: bool,
 }
 
 impl Default for ControlPlaneOptions {
     fn default() -> Self {
-        ControlPlaneOptions { watch_cache: true }
+        ControlPlaneOptions {
+            watch_cache: true,
+            strict_ip_cidr_validation: true,
+            storage_json: false,
+        }
     }
 }
 
@@ -322,7 +335,7 @@ impl ControlPlane {
 
     fn apiserver_args(&self) -> Vec<String> {
         let p = |f: &Path| f.display().to_string();
-        vec![
+        let mut args = vec![
             format!("--etcd-servers=http://{}", self.etcd_client),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
@@ -340,7 +353,14 @@ impl ControlPlane {
             "--disable-admission-plugins=ServiceAccount".into(),
             format!("--watch-cache={}", self.options.watch_cache),
             "--profiling=false".into(),
-        ]
+        ];
+        if !self.options.strict_ip_cidr_validation {
+            args.push("--feature-gates=StrictIPCIDRValidation=false".into());
+        }
+        if self.options.storage_json {
+            args.push("--storage-media-type=application/json".into());
+        }
+        args
     }
 
     /// Starts the API server (again, after [`ControlPlane::stop_apiserver`]: same port,
@@ -562,6 +582,32 @@ impl ControlPlane {
             .and_then(|s| s.parse().ok())
             .or_else(|| rev.as_i64())
             .ok_or_else(|| Error::other(format!("etcd range: no header.revision in {}", r.body)))
+    }
+
+    /// Writes `value` at `key` straight into etcd (its JSON gateway), e.g.
+    /// `/registry/networkpolicies/NS/NAME`: the API server serves and watches it without
+    /// validating it. Needs [`ControlPlaneOptions::storage_json`].
+    pub fn etcd_put_json(&self, key: &str, value: &Value) -> Result<()> {
+        use base64::Engine as _;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let body = json!({
+            "key": b64(key.as_bytes()),
+            "value": b64(value.to_string().as_bytes()),
+        })
+        .to_string();
+        let r = http::post_json(
+            self.etcd_client,
+            "/v3/kv/put",
+            &body,
+            Duration::from_secs(10),
+        )?;
+        if r.status != 200 {
+            return Err(Error::other(format!(
+                "etcd put {key}: HTTP {}: {}",
+                r.status, r.body
+            )));
+        }
+        Ok(())
     }
 
     /// Compacts etcd at its current revision (physically, i.e. waiting until done), as

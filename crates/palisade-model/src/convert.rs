@@ -29,7 +29,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{FieldError, InvalidObject, ObjectRef};
-use crate::labels::{LabelSelector, Labels, Operator, Requirement};
+use crate::labels::{LabelSelector, Labels, NAMESPACE_NAME_LABEL, Operator, Requirement};
+use crate::options::Options;
 use crate::types::*;
 use crate::validate;
 
@@ -95,18 +96,41 @@ fn go_map(map: &BTreeMap<String, String>) -> String {
 }
 
 /// Collects field errors as upstream's `field.ErrorList`, dropping exact repeats as
-/// `ToAggregate` does.
+/// `ToAggregate` does. Each error is also marked as to whether the value can still be
+/// interpreted (a label value too long still means something; an unknown operator does
+/// not): a stored object (`stored_*`) fails only on the latter.
 #[derive(Debug, Default)]
-struct Errors(Vec<FieldError>);
+struct Errors {
+    list: Vec<(FieldError, bool)>,
+    opts: Options,
+}
 
 impl Errors {
+    fn new(opts: &Options) -> Self {
+        Errors {
+            list: Vec::new(),
+            opts: *opts,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// The errors pushed since `mark` mean the value cannot be interpreted.
+    fn uninterpretable_since(&mut self, mark: usize) {
+        for e in &mut self.list[mark..] {
+            e.1 = true;
+        }
+    }
+
     fn push(&mut self, field: impl Into<String>, reason: String) {
         let e = FieldError {
             field: field.into(),
             reason,
         };
-        if !self.0.contains(&e) {
-            self.0.push(e);
+        if !self.list.iter().any(|(f, _)| *f == e) {
+            self.list.push((e, false));
         }
     }
 
@@ -155,15 +179,32 @@ impl Errors {
     }
 
     fn finish<T>(self, object: ObjectRef, value: T) -> Result<T, InvalidObject> {
-        if self.0.is_empty() {
+        if self.list.is_empty() {
             Ok(value)
         } else {
             Err(InvalidObject {
                 object,
-                errors: self.0,
+                errors: self.list.into_iter().map(|(e, _)| e).collect(),
             })
         }
     }
+
+    /// The errors that keep a stored object from being interpreted.
+    fn uninterpretable(&self) -> Vec<FieldError> {
+        self.list
+            .iter()
+            .filter(|(_, fatal)| *fatal)
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+}
+
+/// A stored object as interpreted, and the fields that could not be (empty when all
+/// could): see [`stored_network_policy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interpreted<T> {
+    pub object: T,
+    pub problems: Vec<FieldError>,
 }
 
 /// The namespace an object lives in; objects on disk without one land in `default`, as
@@ -177,7 +218,28 @@ fn namespace_of(meta: &meta::ObjectMeta) -> String {
 
 fn object_ref(kind: &str, meta: &meta::ObjectMeta, namespaced: bool) -> ObjectRef {
     let ns = namespaced.then(|| namespace_of(meta));
-    ObjectRef::new(kind, ns.as_deref(), meta.name.as_deref().unwrap_or(""))
+    ObjectRef::new(kind, ns.as_deref(), &name_of(meta))
+}
+
+/// What the API server's `SimpleNameGenerator` makes of a `generateName` (at most 58
+/// bytes of it, then five random characters).
+const GENERATED_SUFFIX: &str = "xxxxx";
+const GENERATED_BASE_MAX: usize = 63 - 5;
+
+/// The object's name; for an object with only `generateName`, the name the API server
+/// would generate, with `xxxxx` standing for its five random characters.
+pub fn name_of(meta: &meta::ObjectMeta) -> String {
+    match (meta.name.as_deref(), meta.generate_name.as_deref()) {
+        (Some(name), _) if !name.is_empty() => name.to_string(),
+        (_, Some(base)) if !base.is_empty() => {
+            let mut cut = base.len().min(GENERATED_BASE_MAX);
+            while !base.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}{GENERATED_SUFFIX}", &base[..cut])
+        }
+        _ => String::new(),
+    }
 }
 
 /// `maskTrailingDash`: a generateName may end in '-'.
@@ -200,9 +262,12 @@ fn check_metadata(
         let reasons = name_rule(&mask_trailing_dash(generate));
         errs.invalid_all("metadata.generateName", Bad::Str(generate), reasons);
     }
-    match meta.name.as_deref() {
-        None | Some("") => errs.required("metadata.name", "name or generateName is required"),
-        Some(name) => errs.invalid_all("metadata.name", Bad::Str(name), name_rule(name)),
+    // The API server generates the name before validating it.
+    let name = name_of(meta);
+    if name.is_empty() {
+        errs.required("metadata.name", "name or generateName is required");
+    } else {
+        errs.invalid_all("metadata.name", Bad::Str(&name), name_rule(&name));
     }
     if namespaced {
         let ns = namespace_of(meta);
@@ -258,11 +323,13 @@ fn label_selector(selector: &meta::LabelSelector, path: &str, errs: &mut Errors)
             "Exists" => Some(Operator::Exists),
             "DoesNotExist" => Some(Operator::DoesNotExist),
             other => {
+                let mark = errs.len();
                 errs.invalid(
                     format!("{p}.operator"),
                     Bad::Str(other),
                     "not a valid selector operator",
                 );
+                errs.uninterpretable_since(mark);
                 None
             }
         };
@@ -311,7 +378,9 @@ fn policy_protocol(value: Option<&str>, path: &str, errs: &mut Errors) -> Protoc
         Some("UDP") => Protocol::Udp,
         Some("SCTP") => Protocol::Sctp,
         Some(other) => {
+            let mark = errs.len();
             errs.not_supported(path, Bad::Str(other), &["TCP", "UDP", "SCTP"]);
+            errs.uninterpretable_since(mark);
             Protocol::Tcp
         }
     }
@@ -321,6 +390,7 @@ fn policy_protocol(value: Option<&str>, path: &str, errs: &mut Errors) -> Protoc
 fn policy_port(port: &net::NetworkPolicyPort, path: &str, errs: &mut Errors) -> PortMatch {
     let protocol = policy_protocol(port.protocol.as_deref(), &format!("{path}.protocol"), errs);
     let end_path = format!("{path}.endPort");
+    let mark = errs.len();
     let spec = match (&port.port, port.end_port) {
         (None, None) => PortSpec::Any,
         (None, Some(end)) => {
@@ -359,46 +429,71 @@ fn policy_port(port: &net::NetworkPolicyPort, path: &str, errs: &mut Errors) -> 
                     "may not be specified when `port` is non-numeric",
                 );
             }
+            // A named port that breaks the naming rules still names (no) container port.
+            errs.uninterpretable_since(mark);
             errs.invalid_all(
                 &format!("{path}.port"),
                 Bad::Str(name),
                 validate::port_name(name),
             );
-            PortSpec::Named(name.clone())
+            return PortMatch {
+                protocol,
+                port: PortSpec::Named(name.clone()),
+            };
         }
     };
+    errs.uninterpretable_since(mark);
     PortMatch {
         protocol,
         port: spec,
     }
 }
 
-/// `ValidateIPBlock`, CIDRs read as `IsValidCIDRForLegacyField` does with the
-/// `StrictIPCIDRValidation` gate at its default (off): see [`validate::parse_cidr_sloppy`].
+/// `ValidateIPBlock`, CIDRs read as `IsValidCIDRForLegacyField` does: parsed by
+/// `ParseCIDRSloppy` (host bits masked off), then, with `StrictIPCIDRValidation` (the
+/// default since 1.36), non-canonical forms rejected ([`validate::strict_cidr_error`]).
+/// A stored object keeps the sloppy reading, as the API server and other enforcers do.
 fn ip_block(block: &net::IPBlock, path: &str, errs: &mut Errors) -> Option<IpBlock> {
     let cidr_path = format!("{path}.cidr");
+    let strict = errs.opts.version.strict_ip_cidr();
+    let mark = errs.len();
     if block.cidr.is_empty() {
         errs.required(cidr_path, "");
+        errs.uninterpretable_since(mark);
         return None;
     }
     let Some(cidr) = validate::parse_cidr_sloppy(&block.cidr) else {
         errs.invalid(cidr_path, Bad::Str(&block.cidr), validate::CIDR_ERR);
+        errs.uninterpretable_since(mark);
         return None;
     };
+    if strict && let Some(reason) = validate::strict_cidr_error(&block.cidr) {
+        errs.invalid(&cidr_path, Bad::Str(&block.cidr), reason);
+    }
     let mut except = Vec::new();
+    let mut whole = true;
     for (i, raw) in block.except.iter().flatten().enumerate() {
         let p = format!("{path}.except[{i}]");
+        let mark = errs.len();
         let Some(e) = validate::parse_cidr_sloppy(raw) else {
             errs.invalid(p, Bad::Str(raw), validate::CIDR_ERR);
+            errs.uninterpretable_since(mark);
+            whole = false;
             continue;
         };
+        if strict && let Some(reason) = validate::strict_cidr_error(raw) {
+            errs.invalid(&p, Bad::Str(raw), reason);
+        }
         if cidr.net.contains(&e.net.network()) && cidr.written_prefix_len < e.written_prefix_len {
             except.push(e.net);
         } else {
+            // What such an except would subtract is not what its author meant.
             errs.invalid(p, Bad::Str(raw), "must be a strict subset of `cidr`");
+            errs.uninterpretable_since(mark);
+            whole = false;
         }
     }
-    Some(IpBlock {
+    whole.then_some(IpBlock {
         cidr: cidr.net,
         except,
     })
@@ -426,7 +521,8 @@ fn peer(p: &net::NetworkPolicyPeer, path: &str, errs: &mut Errors) -> Option<Pee
     .iter()
     .filter(|s| **s)
     .count();
-    match (count, block) {
+    let mark = errs.len();
+    let result = match (count, block) {
         (0, _) => {
             errs.required(path, "must specify a peer");
             None
@@ -440,7 +536,9 @@ fn peer(p: &net::NetworkPolicyPeer, path: &str, errs: &mut Errors) -> Option<Pee
             namespace_selector,
             pod_selector,
         }),
-    }
+    };
+    errs.uninterpretable_since(mark);
+    result
 }
 
 /// One rule: its ports first, then its peers, as upstream orders them.
@@ -468,15 +566,55 @@ fn rule(
 
 /// Validates a NetworkPolicy and applies its defaults (checklist §2).
 pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidObject> {
+    network_policy_with(p, &Options::default())
+}
+
+pub fn network_policy_with(
+    p: &net::NetworkPolicy,
+    opts: &Options,
+) -> Result<NetworkPolicy, InvalidObject> {
     let object = object_ref("NetworkPolicy", &p.metadata, true);
-    let mut errs = Errors::default();
-    check_metadata(&p.metadata, true, validate::dns1123_subdomain, &mut errs);
+    let mut errs = Errors::new(opts);
+    let policy = network_policy_in(p, &mut errs);
+    errs.finish(object, policy)
+}
+
+/// A NetworkPolicy the API server stored, read as it and other enforcers read it: no
+/// validation rejects it (the rules of the version that stored it may have been looser,
+/// e.g. `StrictIPCIDRValidation` off, or a selector value accepted on update). What still
+/// cannot be interpreted makes it fail closed: bad rules become no rules (the pods it
+/// selects are isolated in its policy types with none of its allows); a bad podSelector
+/// or policyTypes isolates every pod of its namespace in both directions.
+pub fn stored_network_policy(p: &net::NetworkPolicy) -> Interpreted<NetworkPolicy> {
+    let mut errs = Errors::new(&Options::default());
+    let mut policy = network_policy_in(p, &mut errs);
+    let problems = errs.uninterpretable();
+    if !problems.is_empty() {
+        policy.ingress.clear();
+        policy.egress.clear();
+        let whole = problems.iter().any(|e| {
+            e.field.starts_with("spec.podSelector") || e.field.starts_with("spec.policyTypes")
+        });
+        if whole {
+            policy.pod_selector = LabelSelector::default();
+            policy.isolates_ingress = true;
+            policy.isolates_egress = true;
+        }
+    }
+    Interpreted {
+        object: policy,
+        problems,
+    }
+}
+
+fn network_policy_in(p: &net::NetworkPolicy, errs: &mut Errors) -> NetworkPolicy {
+    check_metadata(&p.metadata, true, validate::dns1123_subdomain, errs);
     let default_spec = net::NetworkPolicySpec::default();
     let spec = p.spec.as_ref().unwrap_or(&default_spec);
     let pod_selector = spec
         .pod_selector
         .as_ref()
-        .map(|s| label_selector(s, "spec.podSelector", &mut errs))
+        .map(|s| label_selector(s, "spec.podSelector", errs))
         .unwrap_or_default();
     let ingress: Vec<Rule> = spec
         .ingress
@@ -489,7 +627,7 @@ pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidOb
                 r.ports.as_ref(),
                 &format!("spec.ingress[{i}]"),
                 "from",
-                &mut errs,
+                errs,
             )
         })
         .collect();
@@ -504,11 +642,12 @@ pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidOb
                 r.ports.as_ref(),
                 &format!("spec.egress[{i}]"),
                 "to",
-                &mut errs,
+                errs,
             )
         })
         .collect();
     let types = spec.policy_types.as_deref().unwrap_or_default();
+    let mark = errs.len();
     if types.len() > 2 {
         let list: Vec<String> = types.iter().map(|t| go_quote(t)).collect();
         errs.invalid(
@@ -527,6 +666,7 @@ pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidOb
             }
         }
     }
+    errs.uninterpretable_since(mark);
     // SetDefaults_NetworkPolicy: absent or empty policyTypes.
     let (isolates_ingress, isolates_egress) = if types.is_empty() {
         (true, !egress.is_empty())
@@ -536,27 +676,44 @@ pub fn network_policy(p: &net::NetworkPolicy) -> Result<NetworkPolicy, InvalidOb
             types.iter().any(|t| t == "Egress"),
         )
     };
-    let policy = NetworkPolicy {
-        key: Key::new(
-            namespace_of(&p.metadata),
-            p.metadata.name.clone().unwrap_or_default(),
-        ),
+    NetworkPolicy {
+        key: Key::new(namespace_of(&p.metadata), name_of(&p.metadata)),
         pod_selector,
         isolates_ingress,
         isolates_egress,
         ingress,
         egress,
-    };
-    errs.finish(object, policy)
+    }
 }
 
 pub fn namespace(ns: &core::Namespace) -> Result<Namespace, InvalidObject> {
+    namespace_with(ns, &Options::default())
+}
+
+pub fn namespace_with(ns: &core::Namespace, opts: &Options) -> Result<Namespace, InvalidObject> {
     let object = object_ref("Namespace", &ns.metadata, false);
-    let mut errs = Errors::default();
-    check_metadata(&ns.metadata, false, validate::dns1123_label, &mut errs);
+    let mut errs = Errors::new(opts);
+    // The API server sets `kubernetes.io/metadata.name: <name>` before validating, so a
+    // name too long for a label value is reported at the labels too.
+    let mut meta = ns.metadata.clone();
+    meta.labels
+        .get_or_insert_with(Default::default)
+        .insert(NAMESPACE_NAME_LABEL.to_string(), name_of(&ns.metadata));
+    check_metadata(&meta, false, validate::dns1123_label, &mut errs);
+    errs.finish(object, namespace_model(ns))
+}
+
+/// A stored Namespace: its name and labels, whatever rules stored them.
+pub fn stored_namespace(ns: &core::Namespace) -> Interpreted<Namespace> {
+    Interpreted {
+        object: namespace_model(ns),
+        problems: Vec::new(),
+    }
+}
+
+fn namespace_model(ns: &core::Namespace) -> Namespace {
     let labels = ns.metadata.labels.clone().unwrap_or_default();
-    let name = ns.metadata.name.clone().unwrap_or_default();
-    errs.finish(object, Namespace::new(name, labels))
+    Namespace::new(name_of(&ns.metadata), labels)
 }
 
 /// `validateContainerPorts` for one container; the protocol is defaulted to TCP first.
@@ -658,12 +815,22 @@ fn pod_ips(status: Option<&core::PodStatus>, errs: &mut Errors) -> Vec<std::net:
     let path = "status.podIPs";
     let mut ips = Vec::new();
     let mut all_valid = true;
+    let strict = errs.opts.version.strict_ip_cidr();
     for (i, ip) in raw.iter().enumerate() {
         match validate::parse_ip(ip) {
-            Ok(a) => ips.push(a),
+            Ok(a) => {
+                ips.push(a);
+                if strict {
+                    for reason in validate::strict_ip_errors(ip) {
+                        errs.invalid(format!("{path}[{i}]"), Bad::Str(ip), reason);
+                    }
+                }
+            }
             Err(e) => {
                 all_valid = false;
+                let mark = errs.len();
                 errs.invalid(format!("{path}[{i}]"), Bad::Str(ip), &e);
+                errs.uninterpretable_since(mark);
             }
         }
     }
@@ -680,15 +847,6 @@ fn pod_ips(status: Option<&core::PodStatus>, errs: &mut Errors) -> Vec<std::net:
                 Bad::Raw(format!("[]core.PodIP{{{}}}", list.join(", "))),
                 "may specify no more than one IP for each IP family",
             );
-        }
-        let mut seen = BTreeSet::new();
-        for (i, ip) in raw.iter().enumerate() {
-            if !seen.insert(*ip) {
-                errs.duplicate(
-                    format!("{path}[{i}]"),
-                    Bad::Raw(format!("core.PodIP{{IP:{}}}", go_quote(ip))),
-                );
-            }
         }
     }
     ips
@@ -707,18 +865,35 @@ fn phase(status: Option<&core::PodStatus>) -> PodPhase {
 }
 
 pub fn pod(p: &core::Pod) -> Result<Pod, InvalidObject> {
+    pod_with(p, &Options::default())
+}
+
+pub fn pod_with(p: &core::Pod, opts: &Options) -> Result<Pod, InvalidObject> {
     let object = object_ref("Pod", &p.metadata, true);
-    let mut errs = Errors::default();
-    check_metadata(&p.metadata, true, validate::dns1123_subdomain, &mut errs);
+    let mut errs = Errors::new(opts);
+    let pod = pod_in(p, &mut errs);
+    errs.finish(object, pod)
+}
+
+/// A stored Pod. An address that cannot be parsed is left out and reported: the pod is
+/// then matched by no ipBlock through it, and it is not a local endpoint by it.
+pub fn stored_pod(p: &core::Pod) -> Interpreted<Pod> {
+    let mut errs = Errors::new(&Options::default());
+    let object = pod_in(p, &mut errs);
+    Interpreted {
+        object,
+        problems: errs.uninterpretable(),
+    }
+}
+
+fn pod_in(p: &core::Pod, errs: &mut Errors) -> Pod {
+    check_metadata(&p.metadata, true, validate::dns1123_subdomain, errs);
     let default_spec = core::PodSpec::default();
     let spec = p.spec.as_ref().unwrap_or(&default_spec);
-    let ports = container_ports(spec, "spec", &mut errs);
-    let ips = pod_ips(p.status.as_ref(), &mut errs);
-    let pod = Pod {
-        key: Key::new(
-            namespace_of(&p.metadata),
-            p.metadata.name.clone().unwrap_or_default(),
-        ),
+    let ports = container_ports(spec, "spec", errs);
+    let ips = pod_ips(p.status.as_ref(), errs);
+    Pod {
+        key: Key::new(namespace_of(&p.metadata), name_of(&p.metadata)),
         labels: p.metadata.labels.clone().unwrap_or_default(),
         ips,
         ports,
@@ -726,8 +901,7 @@ pub fn pod(p: &core::Pod) -> Result<Pod, InvalidObject> {
         node: spec.node_name.clone().filter(|n| !n.is_empty()),
         phase: phase(p.status.as_ref()),
         source: PodSource::Pod,
-    };
-    errs.finish(object, pod)
+    }
 }
 
 /// The template part of `ValidatePodTemplateSpec` the model reads: labels (reported at
@@ -749,10 +923,7 @@ fn template_pod(
     let spec = template.spec.as_ref().unwrap_or(&default_spec);
     let ports = container_ports(spec, &format!("{template_path}.spec"), errs);
     Pod {
-        key: Key::new(
-            namespace_of(metadata),
-            metadata.name.clone().unwrap_or_default(),
-        ),
+        key: Key::new(namespace_of(metadata), name_of(metadata)),
         labels,
         ips: Vec::new(),
         ports,
@@ -767,14 +938,15 @@ fn template_pod(
 ///
 /// Validates the metadata and the template only; the typed functions ([`deployment`],
 /// [`stateful_set`], ...) also check the workload's selector against the template.
-pub fn workload(
+pub fn workload_with(
+    opts: &Options,
     source: PodSource,
     metadata: &meta::ObjectMeta,
     template: Option<&core::PodTemplateSpec>,
     template_path: &str,
 ) -> Result<Pod, InvalidObject> {
     let object = object_ref(source.as_str(), metadata, true);
-    let mut errs = Errors::default();
+    let mut errs = Errors::new(opts);
     check_metadata(metadata, true, validate::dns1123_subdomain, &mut errs);
     if template.is_none() {
         errs.required(template_path, "");
@@ -794,15 +966,22 @@ fn apps_selector(
     kind: &str,
     errs: &mut Errors,
 ) {
-    let before = errs.0.len();
+    let before = errs.len();
     let parsed = label_selector(selector, "spec.selector", errs);
-    if parsed.is_everything() {
+    if errs.len() > before {
+        // `LabelSelectorAsSelector` fails on what `ValidateLabelSelector` rejected.
+        errs.invalid(
+            "spec.selector",
+            Bad::Raw(format!("{parsed}")),
+            "invalid label selector",
+        );
+    } else if parsed.is_everything() {
         errs.invalid(
             "spec.selector",
             Bad::Raw(format!("{parsed}")),
             &format!("empty selector is invalid for {}", kind.to_lowercase()),
         );
-    } else if errs.0.len() == before && !parsed.matches(template_labels) {
+    } else if !parsed.matches(template_labels) {
         errs.invalid(
             "spec.template.metadata.labels",
             Bad::Raw(go_map(template_labels)),
@@ -812,13 +991,14 @@ fn apps_selector(
 }
 
 fn apps_workload(
+    opts: &Options,
     source: PodSource,
     metadata: &meta::ObjectMeta,
     selector: &meta::LabelSelector,
     template: &core::PodTemplateSpec,
 ) -> Result<Pod, InvalidObject> {
     let object = object_ref(source.as_str(), metadata, true);
-    let mut errs = Errors::default();
+    let mut errs = Errors::new(opts);
     check_metadata(metadata, true, validate::dns1123_subdomain, &mut errs);
     let labels = template
         .metadata
@@ -831,8 +1011,13 @@ fn apps_workload(
 }
 
 pub fn deployment(d: &apps::Deployment) -> Result<Pod, InvalidObject> {
+    deployment_with(d, &Options::default())
+}
+
+pub fn deployment_with(d: &apps::Deployment, opts: &Options) -> Result<Pod, InvalidObject> {
     let spec = d.spec.clone().unwrap_or_default();
     apps_workload(
+        opts,
         PodSource::Deployment,
         &d.metadata,
         &spec.selector,
@@ -841,8 +1026,13 @@ pub fn deployment(d: &apps::Deployment) -> Result<Pod, InvalidObject> {
 }
 
 pub fn stateful_set(s: &apps::StatefulSet) -> Result<Pod, InvalidObject> {
+    stateful_set_with(s, &Options::default())
+}
+
+pub fn stateful_set_with(s: &apps::StatefulSet, opts: &Options) -> Result<Pod, InvalidObject> {
     let spec = s.spec.clone().unwrap_or_default();
     apps_workload(
+        opts,
         PodSource::StatefulSet,
         &s.metadata,
         &spec.selector,
@@ -851,8 +1041,13 @@ pub fn stateful_set(s: &apps::StatefulSet) -> Result<Pod, InvalidObject> {
 }
 
 pub fn daemon_set(d: &apps::DaemonSet) -> Result<Pod, InvalidObject> {
+    daemon_set_with(d, &Options::default())
+}
+
+pub fn daemon_set_with(d: &apps::DaemonSet, opts: &Options) -> Result<Pod, InvalidObject> {
     let spec = d.spec.clone().unwrap_or_default();
     apps_workload(
+        opts,
         PodSource::DaemonSet,
         &d.metadata,
         &spec.selector,
@@ -861,9 +1056,14 @@ pub fn daemon_set(d: &apps::DaemonSet) -> Result<Pod, InvalidObject> {
 }
 
 pub fn replica_set(r: &apps::ReplicaSet) -> Result<Pod, InvalidObject> {
+    replica_set_with(r, &Options::default())
+}
+
+pub fn replica_set_with(r: &apps::ReplicaSet, opts: &Options) -> Result<Pod, InvalidObject> {
     let spec = r.spec.clone().unwrap_or_default();
     let template = spec.template.unwrap_or_default();
     apps_workload(
+        opts,
         PodSource::ReplicaSet,
         &r.metadata,
         &spec.selector,
@@ -874,8 +1074,15 @@ pub fn replica_set(r: &apps::ReplicaSet) -> Result<Pod, InvalidObject> {
 /// The selector defaults to the template's labels, must then be non-empty, and must match
 /// them (`ValidateReplicationControllerSpec`, `ValidatePodTemplateSpecForRC`).
 pub fn replication_controller(rc: &core::ReplicationController) -> Result<Pod, InvalidObject> {
+    replication_controller_with(rc, &Options::default())
+}
+
+pub fn replication_controller_with(
+    rc: &core::ReplicationController,
+    opts: &Options,
+) -> Result<Pod, InvalidObject> {
     let object = object_ref("ReplicationController", &rc.metadata, true);
-    let mut errs = Errors::default();
+    let mut errs = Errors::new(opts);
     check_metadata(&rc.metadata, true, validate::dns1123_subdomain, &mut errs);
     let spec = rc.spec.clone().unwrap_or_default();
     let default_template = core::PodTemplateSpec::default();
@@ -916,8 +1123,13 @@ pub fn replication_controller(rc: &core::ReplicationController) -> Result<Pod, I
 /// A Job's selector is generated by the API server (unless `manualSelector`), so only the
 /// template is checked.
 pub fn job(j: &batch::Job) -> Result<Pod, InvalidObject> {
+    job_with(j, &Options::default())
+}
+
+pub fn job_with(j: &batch::Job, opts: &Options) -> Result<Pod, InvalidObject> {
     let spec = j.spec.clone().unwrap_or_default();
-    workload(
+    workload_with(
+        opts,
         PodSource::Job,
         &j.metadata,
         Some(&spec.template),
@@ -927,8 +1139,12 @@ pub fn job(j: &batch::Job) -> Result<Pod, InvalidObject> {
 
 /// As a Job, plus the name limit: the CronJob's jobs are named `<name>-<11 characters>`.
 pub fn cron_job(c: &batch::CronJob) -> Result<Pod, InvalidObject> {
+    cron_job_with(c, &Options::default())
+}
+
+pub fn cron_job_with(c: &batch::CronJob, opts: &Options) -> Result<Pod, InvalidObject> {
     let object = object_ref("CronJob", &c.metadata, true);
-    let mut errs = Errors::default();
+    let mut errs = Errors::new(opts);
     check_metadata(&c.metadata, true, validate::dns1123_subdomain, &mut errs);
     if let Some(name) = c.metadata.name.as_deref()
         && name.len() > CRONJOB_NAME_MAX

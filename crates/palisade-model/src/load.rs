@@ -1,13 +1,17 @@
 //! Manifests from files, folders (recursively, `*.yaml`, `*.yml`, `*.json`) and stdin:
-//! multi-document YAML, JSON, and `kind: List`. Every problem is collected, none stops the
-//! others from being reported, and nothing panics.
+//! multi-document YAML (Helm's rendered output included), JSON, `kind: List` (`kubectl get
+//! -o yaml|json`) and typed lists as the API returns them (`PodList`, `NetworkPolicyList`,
+//! `DeploymentList`...: the list kind names the kind of its items, which carry none). Every
+//! problem is collected, none stops the others from being reported, and nothing panics.
 //!
-//! Read as `kubectl apply` reads them: a key set twice in a mapping is a syntax error (as
-//! `sigs.k8s.io/yaml` has it), a field the type does not have is an error (kubectl's default
-//! `--validate=strict`), a namespaced object without a namespace lands in `default`, and each
+//! Read as `kubectl apply` reads them: with kubectl's default `--validate=strict`, a key set
+//! twice in a mapping is an error (as `sigs.k8s.io/yaml` has it) and so is a field the type
+//! does not have (`warn`: one warning per field; `ignore`: silence, the last of duplicate
+//! keys winning); a namespaced object without a namespace lands in `default`, and each
 //! workload (Deployment, StatefulSet, DaemonSet, ReplicaSet, ReplicationController, Job,
 //! CronJob) stands in as one representative pod named after it, with its template's labels
-//! and container ports. Kinds Palisade does not read are skipped with a note.
+//! and container ports. Kinds Palisade does not read are skipped with a note saying what
+//! they were.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +26,7 @@ use serde_json::Value;
 
 use crate::convert;
 use crate::error::InvalidObject;
+use crate::options::{FieldValidation, Options};
 use crate::types::Object;
 
 /// Where an object came from: `examples/web.yaml` (document 2).
@@ -77,12 +82,28 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// One line per invalid field (as kubectl lists them), each naming file and object.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            LoadError::Invalid { origin, invalid } => invalid
+                .errors
+                .iter()
+                .map(|e| format!("{origin}: {}: {e}", invalid.object))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
 /// Everything read from a set of paths.
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub objects: Vec<(Origin, Object)>,
     /// One line per skipped document (unknown kind).
     pub notes: Vec<String>,
+    /// One line per unknown or duplicate field read anyway (`--validate=warn`).
+    pub warnings: Vec<String>,
     pub errors: Vec<LoadError>,
 }
 
@@ -96,15 +117,20 @@ impl Loaded {
     }
 }
 
-/// Loads every path; `-` reads stdin. Folders are walked recursively in sorted order.
+/// Loads every path with the default options (the newest Kubernetes, `--validate=strict`).
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
+    load_paths_with(paths, &Options::default())
+}
+
+/// Loads every path; `-` reads stdin. Folders are walked recursively in sorted order.
+pub fn load_paths_with<P: AsRef<Path>>(paths: &[P], opts: &Options) -> Loaded {
     let mut loaded = Loaded::default();
     for path in paths {
         let path = path.as_ref();
         if path == Path::new("-") {
             let mut text = String::new();
             match std::io::stdin().read_to_string(&mut text) {
-                Ok(_) => load_str(&text, "<stdin>", &mut loaded),
+                Ok(_) => load_str_with(&text, "<stdin>", opts, &mut loaded),
                 Err(source) => loaded.errors.push(LoadError::Io {
                     path: "<stdin>".into(),
                     source,
@@ -117,10 +143,21 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Loaded {
         for file in files {
             let name = file.display().to_string();
             match std::fs::read_to_string(&file) {
-                Ok(text) => load_str(&text, &name, &mut loaded),
+                Ok(text) => load_str_with(&text, &name, opts, &mut loaded),
                 Err(source) => loaded.errors.push(LoadError::Io { path: name, source }),
             }
         }
+    }
+    check_duplicates(&mut loaded);
+    loaded
+}
+
+/// Loads files given as (name, text), e.g. read from a git revision, as [`load_paths_with`]
+/// loads files from disk.
+pub fn load_texts_with(files: &[(String, String)], opts: &Options) -> Loaded {
+    let mut loaded = Loaded::default();
+    for (name, text) in files {
+        load_str_with(text, name, opts, &mut loaded);
     }
     check_duplicates(&mut loaded);
     loaded
@@ -182,62 +219,53 @@ fn manifest_files(
     visiting.pop();
 }
 
-/// Parses one file's text (YAML stream, JSON value or stream of JSON values) into `loaded`.
+/// [`load_str_with`] with the default options.
 pub fn load_str(text: &str, file: &str, loaded: &mut Loaded) {
+    load_str_with(text, file, &Options::default(), loaded)
+}
+
+/// Parses one file's text (YAML stream, JSON value or stream of JSON values) into `loaded`.
+pub fn load_str_with(text: &str, file: &str, opts: &Options, loaded: &mut Loaded) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         // JSON: serde_json reports exact lines. A YAML flow mapping also starts with '{':
         // when the text is not JSON but is YAML, it is read as YAML.
-        let mut values = Vec::new();
-        let mut syntax = None;
-        for doc in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
-            match doc {
-                Ok(value) => values.push(value),
-                Err(e) => {
-                    syntax = Some(e);
-                    break;
-                }
-            }
-        }
-        let Some(e) = syntax else {
-            for (i, value) in values.into_iter().enumerate() {
-                load_value(
-                    value,
-                    &Origin {
-                        file: file.into(),
-                        document: i + 1,
-                    },
-                    loaded,
-                );
+        let (values, syntax) = json_documents(text, opts.fields);
+        let Some((e, line, column)) = syntax else {
+            for (i, (value, dups)) in values.into_iter().enumerate() {
+                let origin = Origin {
+                    file: file.into(),
+                    document: i + 1,
+                };
+                duplicate_warnings(&origin, &value, dups, opts, loaded);
+                load_value(value, &origin, opts, loaded);
             }
             return;
         };
-        if yaml_documents(text).is_err() {
+        if yaml_documents(text, opts.fields).is_err() {
             loaded.errors.push(LoadError::Syntax {
                 file: file.into(),
                 format: "JSON",
-                line: e.line(),
-                column: e.column(),
+                line,
+                column,
                 message: one_line(&e.to_string()),
             });
             return;
         }
     }
-    let (documents, error) = match yaml_documents(text) {
+    let (documents, error) = match yaml_documents(text, opts.fields) {
         Ok(docs) => (docs, None),
         Err((docs, e)) => (docs, Some(e)),
     };
     // The documents before a syntax error are sound; after it the stream cannot be trusted.
-    for (i, value) in documents.into_iter().enumerate() {
-        load_value(
-            value,
-            &Origin {
-                file: file.into(),
-                document: i + 1,
-            },
-            loaded,
-        );
+    for (i, (value, dups)) in documents.into_iter().enumerate() {
+        let origin = Origin {
+            file: file.into(),
+            document: i + 1,
+        };
+        duplicate_warnings(&origin, &value, dups, opts, loaded);
+        load_value(value, &origin, opts, loaded);
     }
     if let Some(e) = error {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
@@ -251,18 +279,77 @@ pub fn load_str(text: &str, file: &str, loaded: &mut Loaded) {
     }
 }
 
-type YamlResult = Result<Vec<Value>, (Vec<Value>, serde_yaml_ng::Error)>;
+type JsonSyntax = (serde_json::Error, usize, usize);
+
+/// Every value of a JSON stream, or those before the first error and the error with its
+/// line and column in `text`. The stream is cut into values first (serde_json's stream
+/// reader takes no seed), then each is read with duplicate keys handled per `fields`.
+fn json_documents(text: &str, fields: FieldValidation) -> (Vec<Document>, Option<JsonSyntax>) {
+    let mut docs = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<serde::de::IgnoredAny>();
+    let mut start = 0;
+    while let Some(item) = stream.next() {
+        if let Err(e) = item {
+            let (line, column) = (e.line(), e.column());
+            return (docs, Some((e, line, column)));
+        }
+        let end = stream.byte_offset();
+        let slice = &text[start..end];
+        let dups = std::cell::RefCell::new(Vec::new());
+        let mut de = serde_json::Deserializer::from_str(slice);
+        match serde::de::DeserializeSeed::deserialize(ValueSeed::new(fields, &dups), &mut de) {
+            Ok(value) => docs.push((value, dups.into_inner())),
+            Err(e) => {
+                // Lines of the slice, counted from the start of the file.
+                let before = &text[..start];
+                let line = before.matches('\n').count() + e.line();
+                let column = if e.line() == 1 {
+                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + e.column()
+                } else {
+                    e.column()
+                };
+                return (docs, Some((e, line, column)));
+            }
+        }
+        start = end;
+    }
+    (docs, None)
+}
+
+/// A document and the paths of the keys it set twice (read anyway, `--validate` not strict).
+type Document = (Value, Vec<String>);
+type YamlResult = Result<Vec<Document>, (Vec<Document>, serde_yaml_ng::Error)>;
 
 /// Every document of a YAML stream, or those before the first error and the error.
-fn yaml_documents(text: &str) -> YamlResult {
+fn yaml_documents(text: &str, fields: FieldValidation) -> YamlResult {
     let mut docs = Vec::new();
     for document in serde_yaml_ng::Deserializer::from_str(text) {
-        match <YamlValue as serde::Deserialize>::deserialize(document) {
-            Ok(YamlValue(value)) => docs.push(value),
+        let dups = std::cell::RefCell::new(Vec::new());
+        match serde::de::DeserializeSeed::deserialize(ValueSeed::new(fields, &dups), document) {
+            Ok(value) => docs.push((value, dups.into_inner())),
             Err(e) => return Err((docs, e)),
         }
     }
     Ok(docs)
+}
+
+/// `--validate=warn`: one warning per key set twice.
+fn duplicate_warnings(
+    origin: &Origin,
+    value: &Value,
+    dups: Vec<String>,
+    opts: &Options,
+    loaded: &mut Loaded,
+) {
+    if opts.fields != FieldValidation::Warn {
+        return;
+    }
+    for field in dups {
+        loaded.warnings.push(format!(
+            "{origin}: {}: duplicate field {field:?} (the last value is used)",
+            describe(value)
+        ));
+    }
 }
 
 /// Objects from an already-parsed document (a JSON/YAML value: an object, a `kind: List`,
@@ -270,7 +357,7 @@ fn yaml_documents(text: &str) -> YamlResult {
 /// document of a file: unknown kinds become notes, duplicates errors.
 pub fn load_document(value: Value, origin: &Origin) -> Loaded {
     let mut loaded = Loaded::default();
-    load_value(value, origin, &mut loaded);
+    load_value(value, origin, &Options::default(), &mut loaded);
     check_duplicates(&mut loaded);
     loaded
 }
@@ -280,24 +367,47 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A YAML document as the JSON value `sigs.k8s.io/yaml` makes of it: a key set twice in
-/// one mapping is an error (`key "x" already set in map`), not a silent overwrite; scalar
-/// keys (`1:`, `true:`) become strings.
-struct YamlValue(Value);
+/// Reads a YAML or JSON document as the JSON value `sigs.k8s.io/yaml` makes of it: scalar
+/// keys (`1:`, `true:`) become strings, and a key set twice in one mapping is, with
+/// `--validate=strict`, an error (`key "x" already set in map`), not a silent overwrite;
+/// otherwise the last value wins and the field's path is recorded.
+struct ValueSeed<'a> {
+    fields: FieldValidation,
+    dups: &'a std::cell::RefCell<Vec<String>>,
+    path: String,
+}
 
-impl<'de> serde::Deserialize<'de> for YamlValue {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(YamlVisitor).map(YamlValue)
+impl<'a> ValueSeed<'a> {
+    fn new(fields: FieldValidation, dups: &'a std::cell::RefCell<Vec<String>>) -> Self {
+        Self {
+            fields,
+            dups,
+            path: String::new(),
+        }
+    }
+
+    fn child(&self, path: String) -> Self {
+        Self {
+            fields: self.fields,
+            dups: self.dups,
+            path,
+        }
     }
 }
 
-struct YamlVisitor;
+impl<'de> serde::de::DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
 
-impl<'de> serde::de::Visitor<'de> for YamlVisitor {
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueSeed<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a YAML value")
+        f.write_str("a YAML or JSON value")
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
         Ok(Value::Bool(v))
@@ -328,14 +438,16 @@ impl<'de> serde::de::Visitor<'de> for YamlVisitor {
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(YamlValue(v)) = seq.next_element()? {
+        while let Some(v) =
+            seq.next_element_seed(self.child(format!("{}[{}]", self.path, items.len())))?
+        {
             items.push(v);
         }
         Ok(Value::Array(items))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = serde_json::Map::new();
-        while let Some(YamlValue(key)) = map.next_key()? {
+        while let Some(key) = map.next_key_seed(self.child(self.path.clone()))? {
             let key = match key {
                 Value::String(s) => s,
                 Value::Null => "null".to_string(),
@@ -346,11 +458,19 @@ impl<'de> serde::de::Visitor<'de> for YamlVisitor {
                     ));
                 }
             };
-            let YamlValue(value) = map.next_value()?;
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            let value = map.next_value_seed(self.child(path.clone()))?;
             if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!(
-                    "key {key:?} already set in map"
-                )));
+                if self.fields == FieldValidation::Strict {
+                    return Err(serde::de::Error::custom(format!(
+                        "key {key:?} already set in map"
+                    )));
+                }
+                self.dups.borrow_mut().push(path);
             }
             out.insert(key, value);
         }
@@ -384,6 +504,7 @@ fn describe(value: &Value) -> String {
 fn decode<T: DeserializeOwned + Serialize>(
     value: Value,
     origin: &Origin,
+    opts: &Options,
     loaded: &mut Loaded,
 ) -> Option<T> {
     let object = describe(&value);
@@ -415,15 +536,26 @@ fn decode<T: DeserializeOwned + Serialize>(
     let mut unknown = Vec::new();
     unknown_fields(&value, &known, "", &mut unknown);
     unknown.sort();
-    if unknown.is_empty() {
-        return Some(typed);
+    match opts.fields {
+        _ if unknown.is_empty() => Some(typed),
+        FieldValidation::Ignore => Some(typed),
+        FieldValidation::Warn => {
+            for (field, _) in unknown {
+                loaded.warnings.push(format!(
+                    "{origin}: {object}: unknown field {field:?} (ignored)"
+                ));
+            }
+            Some(typed)
+        }
+        FieldValidation::Strict => {
+            for (field, name) in unknown {
+                loaded
+                    .errors
+                    .push(decode_error(field, format!("unknown field {name:?}")));
+            }
+            None
+        }
     }
-    for (field, name) in unknown {
-        loaded
-            .errors
-            .push(decode_error(field, format!("unknown field {name:?}")));
-    }
-    None
 }
 
 /// Fields present (and not null) in `input` but gone from `known`, the same object read
@@ -463,13 +595,125 @@ fn push(result: Result<Object, InvalidObject>, origin: &Origin, loaded: &mut Loa
     }
 }
 
-fn load_value(value: Value, origin: &Origin, loaded: &mut Loaded) {
+/// The kinds Palisade reads, by `apiVersion` and `kind`.
+const KINDS: [(&str, &str); 10] = [
+    ("v1", "Namespace"),
+    ("v1", "Pod"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("apps/v1", "DaemonSet"),
+    ("apps/v1", "ReplicaSet"),
+    ("v1", "ReplicationController"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
+];
+
+/// What a skipped document was, for its note: `Service default/web (v1)`, `a document
+/// without kind (keys: metadata, spec)`.
+fn what_it_was(value: &Value) -> String {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind.is_empty() {
+        let keys: Vec<&str> = match value {
+            Value::Object(m) => m.keys().map(String::as_str).take(6).collect(),
+            _ => Vec::new(),
+        };
+        let shape = match value {
+            Value::Object(_) if keys.is_empty() => "an empty mapping".to_string(),
+            Value::Object(_) => format!("keys: {}", keys.join(", "))
+                .escape_debug()
+                .to_string(),
+            Value::String(_) => "a string".into(),
+            Value::Number(_) => "a number".into(),
+            Value::Bool(_) => "a boolean".into(),
+            _ => "a list".into(),
+        };
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str);
+        return match name {
+            Some(n) => format!(
+                "a document without kind named {} ({shape})",
+                n.escape_debug()
+            ),
+            None => format!("a document without kind ({shape})"),
+        };
+    }
+    format!(
+        "{} ({})",
+        describe(value),
+        if api_version.is_empty() {
+            "no apiVersion"
+        } else {
+            api_version
+        }
+    )
+}
+
+/// The items of a list document, each given the item kind (and the list's apiVersion)
+/// when it carries none, as the API server leaves them out of typed lists.
+fn load_list(
+    value: Value,
+    list_kind: &str,
+    item_kind: Option<&str>,
+    origin: &Origin,
+    opts: &Options,
+    loaded: &mut Loaded,
+) {
+    let api_version = value.get("apiVersion").cloned();
+    let items = match value {
+        Value::Object(mut m) => m.remove("items"),
+        _ => None,
+    };
+    match items {
+        Some(Value::Array(items)) => {
+            for mut item in items {
+                if let (Some(kind), Value::Object(m)) = (item_kind, &mut item) {
+                    if m.get("kind").is_none_or(Value::is_null) {
+                        m.insert("kind".into(), Value::String(kind.into()));
+                    }
+                    if m.get("apiVersion").is_none_or(Value::is_null)
+                        && let Some(v) = &api_version
+                    {
+                        m.insert("apiVersion".into(), v.clone());
+                    }
+                }
+                if item_kind.is_none() && item.is_object() && item.get("kind").is_none() {
+                    loaded.notes.push(format!(
+                        "{origin}: skipped an item of a {list_kind}: {}: a List's items must \
+                         say their kind",
+                        what_it_was(&item)
+                    ));
+                    continue;
+                }
+                load_value(item, origin, opts, loaded);
+            }
+        }
+        Some(Value::Null) | None => {}
+        Some(_) => loaded.errors.push(LoadError::Decode {
+            origin: origin.clone(),
+            object: list_kind.into(),
+            field: "items".into(),
+            message: "must be a list".into(),
+        }),
+    }
+}
+
+fn load_value(value: Value, origin: &Origin, opts: &Options, loaded: &mut Loaded) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
     }
     if let Value::Array(items) = value {
         for item in items {
-            load_value(item, origin, loaded);
+            load_value(item, origin, opts, loaded);
         }
         return;
     }
@@ -483,68 +727,75 @@ fn load_value(value: Value, origin: &Origin, loaded: &mut Loaded) {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
+    if kind == "List" {
+        return load_list(value, &kind, None, origin, opts, loaded);
+    }
+    if let Some(item) = kind.strip_suffix("List")
+        && let Some((_, item)) = KINDS.iter().find(|(v, k)| *k == item && *v == api_version)
+    {
+        return load_list(value, &kind, Some(item), origin, opts, loaded);
+    }
     macro_rules! typed {
         ($ty:ty, $convert:path, $object:path) => {
-            if let Some(t) = decode::<$ty>(value, origin, loaded) {
-                push($convert(&t).map($object), origin, loaded);
+            if let Some(t) = decode::<$ty>(value, origin, opts, loaded) {
+                push($convert(&t, opts).map($object), origin, loaded);
             }
         };
     }
     match (api_version.as_str(), kind.as_str()) {
-        (_, "List") | (_, "NamespaceList" | "PodList" | "NetworkPolicyList") => {
-            match value.get("items") {
-                Some(Value::Array(items)) => {
-                    for item in items.clone() {
-                        load_value(item, origin, loaded);
-                    }
-                }
-                Some(Value::Null) | None => {}
-                Some(_) => loaded.errors.push(LoadError::Decode {
-                    origin: origin.clone(),
-                    object: kind,
-                    field: "items".into(),
-                    message: "must be a list".into(),
-                }),
-            }
-        }
-        ("v1", "Namespace") => typed!(core::Namespace, convert::namespace, Object::Namespace),
-        ("v1", "Pod") => typed!(core::Pod, convert::pod, Object::Pod),
+        ("v1", "Namespace") => typed!(core::Namespace, convert::namespace_with, Object::Namespace),
+        ("v1", "Pod") => typed!(core::Pod, convert::pod_with, Object::Pod),
         ("networking.k8s.io/v1", "NetworkPolicy") => {
             typed!(
                 net::NetworkPolicy,
-                convert::network_policy,
+                convert::network_policy_with,
                 Object::NetworkPolicy
             )
         }
-        ("apps/v1", "Deployment") => typed!(apps::Deployment, convert::deployment, Object::Pod),
-        ("apps/v1", "StatefulSet") => typed!(apps::StatefulSet, convert::stateful_set, Object::Pod),
-        ("apps/v1", "DaemonSet") => typed!(apps::DaemonSet, convert::daemon_set, Object::Pod),
-        ("apps/v1", "ReplicaSet") => typed!(apps::ReplicaSet, convert::replica_set, Object::Pod),
+        ("apps/v1", "Deployment") => {
+            typed!(apps::Deployment, convert::deployment_with, Object::Pod)
+        }
+        ("apps/v1", "StatefulSet") => {
+            typed!(apps::StatefulSet, convert::stateful_set_with, Object::Pod)
+        }
+        ("apps/v1", "DaemonSet") => typed!(apps::DaemonSet, convert::daemon_set_with, Object::Pod),
+        ("apps/v1", "ReplicaSet") => {
+            typed!(apps::ReplicaSet, convert::replica_set_with, Object::Pod)
+        }
         ("v1", "ReplicationController") => {
             typed!(
                 core::ReplicationController,
-                convert::replication_controller,
+                convert::replication_controller_with,
                 Object::Pod
             )
         }
-        ("batch/v1", "Job") => typed!(batch::Job, convert::job, Object::Pod),
-        ("batch/v1", "CronJob") => typed!(batch::CronJob, convert::cron_job, Object::Pod),
+        ("batch/v1", "Job") => typed!(batch::Job, convert::job_with, Object::Pod),
+        ("batch/v1", "CronJob") => typed!(batch::CronJob, convert::cron_job_with, Object::Pod),
         _ => {
-            let what = if kind.is_empty() {
-                "a document without kind".to_string()
-            } else {
+            let hint = match KINDS.iter().find(|(_, k)| *k == kind) {
+                Some((v, _)) => format!(" (Palisade reads {kind} of apiVersion {v})"),
+                None => String::new(),
+            };
+            let what = if let Some(item) = kind.strip_suffix("List")
+                && !item.is_empty()
+            {
+                let n = value
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
                 format!(
-                    "{} ({})",
-                    describe(&value),
+                    "a {kind} ({}) of {n} item(s)",
                     if api_version.is_empty() {
                         "no apiVersion"
                     } else {
                         &api_version
                     }
                 )
+            } else {
+                what_it_was(&value)
             };
             loaded.notes.push(format!(
-                "{origin}: skipped {what}: not a kind Palisade reads"
+                "{origin}: skipped {what}: not a kind Palisade reads{hint}"
             ));
         }
     }

@@ -284,6 +284,42 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .ok_or_else(|| CIDR_ERR.to_string())
 }
 
+/// With `StrictIPCIDRValidation`, the reason a CIDR that `ParseCIDRSloppy` accepts is still
+/// invalid (`parseCIDR` of upstream's ip.go, checked against `netip.ParsePrefix`): at most
+/// one, in upstream's order.
+pub fn strict_cidr_error(s: &str) -> Option<&'static str> {
+    let (addr, prefix) = s.split_once('/')?;
+    let canonical_prefix = prefix == "0" || !prefix.starts_with('0');
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return Some("must not have leading 0s in IP or prefix length");
+    };
+    if !canonical_prefix {
+        return Some("must not have leading 0s in IP or prefix length");
+    }
+    let len: u8 = prefix.parse().ok()?;
+    if let IpAddr::V6(v6) = ip
+        && v6.to_ipv4_mapped().is_some()
+    {
+        return Some("must not have an IPv4-mapped IPv6 address");
+    }
+    let masked = IpNet::new(ip, len).ok()?.trunc().addr();
+    (masked != ip).then_some("must not have bits set beyond the prefix length")
+}
+
+/// With `StrictIPCIDRValidation`, the reasons an IP that `ParseIPSloppy` accepts is still
+/// invalid (`parseIP` of upstream's ip.go, checked against `netip.ParseAddr`).
+pub fn strict_ip_errors(s: &str) -> Vec<&'static str> {
+    let mut errs = Vec::new();
+    match s.parse::<IpAddr>() {
+        Err(_) => errs.push("must not have leading 0s"),
+        Ok(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_some() => {
+            errs.push("must not be an IPv4-mapped IPv6 address")
+        }
+        Ok(_) => {}
+    }
+    errs
+}
+
 /// An IP as the API server accepts it (`ParseIPSloppy`): IPv4 octets may have leading
 /// zeros; an IPv4-mapped IPv6 address is its IPv4 address.
 pub fn parse_ip(s: &str) -> Result<IpAddr, String> {

@@ -3,8 +3,10 @@
 
 use std::fs;
 
-use palisade_model::load::{LoadError, Loaded, Origin, load_document, load_paths, load_str};
-use palisade_model::{Object, Pod, PodSource, PortSpec, Protocol};
+use palisade_model::load::{
+    LoadError, Loaded, Origin, load_document, load_paths, load_str, load_str_with,
+};
+use palisade_model::{FieldValidation, Object, Options, Pod, PodSource, PortSpec, Protocol};
 use proptest::prelude::*;
 
 const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n";
@@ -660,4 +662,279 @@ fn known_nasty_inputs_do_not_panic_or_hang() {
     ] {
         assert_nothing_panics(text);
     }
+}
+
+fn load_with(text: &str, file: &str, fields: FieldValidation) -> Loaded {
+    let mut loaded = Loaded::default();
+    let opts = Options {
+        fields,
+        ..Default::default()
+    };
+    load_str_with(text, file, &opts, &mut loaded);
+    loaded
+}
+
+/// A typed list as the API returns it (`GET /api/v1/pods`): items carry no kind and no
+/// apiVersion; the list kind names them.
+fn api_list(api_version: &str, list_kind: &str, items: &[&str]) -> String {
+    format!(
+        "{{\"apiVersion\": \"{api_version}\", \"kind\": \"{list_kind}\", \"metadata\": \
+         {{\"resourceVersion\": \"42\"}}, \"items\": [{}]}}",
+        items.join(", ")
+    )
+}
+
+const JSON_TEMPLATE: &str = r#"{"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80}]}]}}"#;
+
+#[test]
+fn typed_lists_of_every_kind_name_their_items_kind() {
+    let meta = |name: &str| format!(r#""metadata": {{"name": "{name}", "namespace": "team"}}"#);
+    let apps_spec = format!(
+        r#""spec": {{"selector": {{"matchLabels": {{"app": "w"}}}}, "template": {JSON_TEMPLATE}}}"#
+    );
+    let rows: Vec<(&str, &str, String, &str)> = vec![
+        (
+            "v1",
+            "NamespaceList",
+            r#"{"metadata": {"name": "team"}}"#.to_string(),
+            "Namespace team",
+        ),
+        (
+            "v1",
+            "PodList",
+            format!(
+                r#"{{{}, "spec": {{"containers": [{{"name": "c", "image": "i"}}]}}, "status": {{"podIP": "10.0.0.1", "podIPs": [{{"ip": "10.0.0.1"}}], "phase": "Running"}}}}"#,
+                meta("p")
+            ),
+            "Pod team/p",
+        ),
+        (
+            "networking.k8s.io/v1",
+            "NetworkPolicyList",
+            format!(
+                r#"{{{}, "spec": {{"podSelector": {{}}, "policyTypes": ["Ingress"]}}}}"#,
+                meta("np")
+            ),
+            "NetworkPolicy team/np",
+        ),
+        (
+            "apps/v1",
+            "DeploymentList",
+            format!("{{{}, {apps_spec}}}", meta("d")),
+            "Pod team/d",
+        ),
+        (
+            "apps/v1",
+            "StatefulSetList",
+            format!("{{{}, {apps_spec}}}", meta("s")),
+            "Pod team/s",
+        ),
+        (
+            "apps/v1",
+            "DaemonSetList",
+            format!("{{{}, {apps_spec}}}", meta("ds")),
+            "Pod team/ds",
+        ),
+        (
+            "apps/v1",
+            "ReplicaSetList",
+            format!("{{{}, {apps_spec}}}", meta("rs")),
+            "Pod team/rs",
+        ),
+        (
+            "v1",
+            "ReplicationControllerList",
+            format!(
+                r#"{{{}, "spec": {{"selector": {{"app": "w"}}, "template": {JSON_TEMPLATE}}}}}"#,
+                meta("rc")
+            ),
+            "Pod team/rc",
+        ),
+        (
+            "batch/v1",
+            "JobList",
+            format!(
+                r#"{{{}, "spec": {{"template": {JSON_TEMPLATE}}}}}"#,
+                meta("j")
+            ),
+            "Pod team/j",
+        ),
+        (
+            "batch/v1",
+            "CronJobList",
+            format!(
+                r#"{{{}, "spec": {{"schedule": "* * * * *", "jobTemplate": {{"spec": {{"template": {JSON_TEMPLATE}}}}}}}}}"#,
+                meta("cj")
+            ),
+            "Pod team/cj",
+        ),
+    ];
+    for (api_version, kind, item, want) in rows {
+        let text = api_list(api_version, kind, &[&item]);
+        let loaded = load(&text, "list.json");
+        assert!(loaded.is_ok(), "{kind}: {:?}", errors(&loaded));
+        assert!(loaded.notes.is_empty(), "{kind}: {:?}", loaded.notes);
+        assert_eq!(names(&loaded), [want], "{kind}");
+        // The same list as `kubectl get -o yaml` saves it.
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let yaml = serde_yaml_ng::to_string(&value).unwrap();
+        assert_eq!(names(&load(&yaml, "list.yaml")), [want], "{kind} as YAML");
+    }
+    // An item's own kind and apiVersion, when present, are kept.
+    let text = api_list(
+        "v1",
+        "PodList",
+        &[
+            r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}}"#,
+            r#"{"metadata": {"name": "b"}}"#,
+        ],
+    );
+    assert_eq!(
+        names(&load(&text, "l.json")),
+        ["Pod default/a", "Pod default/b"]
+    );
+}
+
+#[test]
+fn documents_palisade_cannot_read_say_what_they_were() {
+    let text = "apiVersion: v1\nkind: ServiceList\nitems: [{metadata: {name: s}}, {metadata: {name: t}}]\n---\n\
+                apiVersion: v1\nkind: List\nitems: [{metadata: {name: loose}}]\n---\n\
+                metadata: {name: x}\nspec: {}\n---\n- 1\n";
+    let loaded = load(text, "m.yaml");
+    assert!(loaded.is_ok(), "{:?}", errors(&loaded));
+    assert!(loaded.objects.is_empty());
+    assert_eq!(
+        loaded.notes,
+        [
+            "m.yaml: skipped a ServiceList (v1) of 2 item(s): not a kind Palisade reads",
+            "m.yaml (document 2): skipped an item of a List: a document without kind named \
+             loose (keys: metadata): a List's items must say their kind",
+            "m.yaml (document 3): skipped a document without kind named x (keys: metadata, \
+             spec): not a kind Palisade reads",
+            "m.yaml (document 4): skipped a document without kind (a number): not a kind \
+             Palisade reads",
+        ]
+    );
+}
+
+#[test]
+fn helm_rendered_output_loads() {
+    // `helm template` output: `# Source:` comments, documents that are only comments,
+    // a leading `---`, and kinds Palisade does not read in between.
+    let text = r#"---
+# Source: shop/templates/serviceaccount.yaml
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: shop
+---
+# Source: shop/templates/empty.yaml
+---
+# Source: shop/templates/deployment.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+  labels:
+    helm.sh/chart: shop-0.1.0
+    app.kubernetes.io/managed-by: Helm
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: shop
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: shop
+    spec:
+      containers:
+        - name: shop
+          image: "nginx:1.27"
+          ports:
+            - name: http
+              containerPort: 80
+              protocol: TCP
+---
+# Source: shop/templates/networkpolicy.yaml
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: shop
+spec:
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: shop
+  ingress:
+    - ports:
+        - port: http
+"#;
+    let loaded = load(text, "rendered.yaml");
+    assert!(loaded.is_ok(), "{:?}", errors(&loaded));
+    assert_eq!(
+        names(&loaded),
+        ["Pod default/shop", "NetworkPolicy default/shop"]
+    );
+    assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
+}
+
+#[test]
+fn unknown_and_duplicate_fields_follow_validate() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, \
+                namespace: team}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  \
+                podSelector: {matchLabels: {app: web}}\n  colour: blue\n";
+    // strict: the duplicate key stops the document.
+    let strict = load_with(text, "p.yaml", FieldValidation::Strict);
+    assert!(strict.objects.is_empty());
+    assert!(
+        errors(&strict)[0].contains("key \"podSelector\" already set in map"),
+        "{:?}",
+        errors(&strict)
+    );
+    // warn: read, the last value wins, one warning per field.
+    let warn = load_with(text, "p.yaml", FieldValidation::Warn);
+    assert!(warn.is_ok(), "{:?}", errors(&warn));
+    let Object::NetworkPolicy(p) = &warn.objects[0].1 else {
+        panic!()
+    };
+    assert_eq!(p.pod_selector.match_labels["app"], "web");
+    assert_eq!(
+        warn.warnings,
+        [
+            "p.yaml: NetworkPolicy team/p: duplicate field \"spec.podSelector\" (the last \
+             value is used)",
+            "p.yaml: NetworkPolicy team/p: unknown field \"spec.colour\" (ignored)",
+        ]
+    );
+    // ignore: read, silently.
+    let ignore = load_with(text, "p.yaml", FieldValidation::Ignore);
+    assert!(ignore.is_ok() && ignore.warnings.is_empty());
+    assert_eq!(ignore.objects.len(), 1);
+    // Unknown fields alone, strict: rejected (as before).
+    let typo = "apiVersion: v1\nkind: Namespace\nmetadata: {name: t, colour: x}\n";
+    assert!(!load_with(typo, "t.yaml", FieldValidation::Strict).is_ok());
+    // JSON duplicates are caught too.
+    let json =
+        r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "name": "b"}}"#;
+    assert!(!load(json, "d.json").is_ok());
+    let warned = load_with(json, "d.json", FieldValidation::Warn);
+    assert_eq!(names(&warned), ["Namespace b"]);
+    assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
+}
+
+#[test]
+fn one_line_per_invalid_field() {
+    let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\n\
+                spec: {podSelector: {}, ingress: [{ports: [{port: 0}, {protocol: ICMP}]}]}\n";
+    let loaded = load(text, "p.yaml");
+    assert_eq!(loaded.errors.len(), 1);
+    assert_eq!(
+        loaded.errors[0].lines(),
+        [
+            "p.yaml: NetworkPolicy default/p: spec.ingress[0].ports[0].port: Invalid value: 0: \
+             must be between 1 and 65535, inclusive",
+            "p.yaml: NetworkPolicy default/p: spec.ingress[0].ports[1].protocol: Unsupported \
+             value: \"ICMP\": supported values: \"TCP\", \"UDP\", \"SCTP\"",
+        ]
+    );
 }

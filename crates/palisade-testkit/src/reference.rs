@@ -12,6 +12,8 @@
 //!   it) but no ipBlock matches it.
 //! - Pods are "running" unless Succeeded or Failed (§10): Pending/Unknown pods keep their
 //!   address and their policies.
+//! - A pod's traffic to itself never leaves its network namespace: allowed on both sides
+//!   whatever the policies (DESIGN.md "Enforcement point").
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -35,6 +37,8 @@ pub enum RefSide {
     External,
     /// A hostNetwork pod: cannot be isolated (§11).
     HostNetwork,
+    /// A pod to itself: not filtered.
+    SelfTraffic,
     /// No selecting policy isolates this direction (§1).
     NotIsolated,
     /// Isolated by these policies; these (policy, rule index) allow the flow. Empty
@@ -111,6 +115,15 @@ pub fn reference_explain(
         return Err(format!("{a} and {b} are of different families"));
     }
     let family = family.unwrap_or_else(|| derive_family(&src, &dst));
+    if let (Who::Pod(a), Who::Pod(b)) = (&src, &dst)
+        && a.key == b.key
+    {
+        return Ok(RefVerdict {
+            family,
+            egress: RefSide::SelfTraffic,
+            ingress: RefSide::SelfTraffic,
+        });
+    }
     let src_seen = world.seen_as(&src, family);
     let dst_seen = world.seen_as(&dst, family);
     let query = Query {
