@@ -1,6 +1,6 @@
 //! # palisade-engine
 //!
-//! Owns every semantic decision of NetworkPolicy (DESIGN.md checklist §1-§12): which pods a
+//! Owns every semantic decision of NetworkPolicy (docs/SEMANTICS.md, §1-§12): which pods a
 //! policy selects, isolation, peers, ports (named, ranges), ipBlock/except, dual-stack, the
 //! union of policies. It keeps an indexed [`ClusterState`] that is updated incrementally
 //! (namespaces, pods, policies: upsert/delete), answers "is this flow allowed, and why"

@@ -1,4 +1,4 @@
-//! The NetworkPolicy checklist (DESIGN.md §1-§11) as table tests. Each row names the item
+//! The NetworkPolicy checklist (docs/SEMANTICS.md §1-§11) as table tests. Each row names the item
 //! it checks, builds a small cluster, and asserts the verdict AND its explanation: which
 //! policies isolate each side and which rule (policy, direction, index) allowed it.
 //!

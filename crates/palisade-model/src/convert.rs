@@ -1,5 +1,5 @@
 //! Kubernetes objects (`k8s-openapi` types) to the validated model, applying the API
-//! server's validation (DESIGN.md checklist) and defaults. Used for files on disk and, by
+//! server's validation (docs/SEMANTICS.md, "Validation") and defaults. Used for files on disk and, by
 //! the agent, for objects from the API, so both paths share one set of rules.
 //!
 //! Each rule follows upstream (kubernetes/kubernetes), with its field path, error type and

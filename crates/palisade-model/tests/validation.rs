@@ -1,4 +1,4 @@
-//! The API server's validation rules, one row per rule (DESIGN.md "Validation checklist" and
+//! The API server's validation rules, one row per rule (docs/SEMANTICS.md "Validation" and
 //! checklist §2, §6-§8): each invalid row names the exact field path of every error it must
 //! produce, in upstream's order, and a fragment of each reason; each valid row must load.
 //! Field paths and wording follow kubernetes/kubernetes:

@@ -5,7 +5,7 @@
 //! - [`build`]: concise constructors for the validated model objects (namespaces, pods,
 //!   policies, rules, peers, selectors, port matches), so a test states a cluster in a few
 //!   lines.
-//! - [`reference`]: a plain reference evaluator written straight from DESIGN.md's checklist
+//! - [`reference`]: a plain reference evaluator written straight from the checklist of docs/SEMANTICS.md
 //!   (§1-§11): no indexes, no caches, every question answered by looping over all objects.
 //!   It is the oracle the indexed engine is compared against.
 //! - [`interp`]: a tiny interpreter of the compiled rule IR ([`palisade_ir::NodeRuleset`])

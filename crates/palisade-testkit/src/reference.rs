@@ -1,4 +1,4 @@
-//! The plain reference evaluator: DESIGN.md's checklist (§1-§11) turned into code, as
+//! The plain reference evaluator: the checklist of docs/SEMANTICS.md (§1-§11) turned into code, as
 //! literally as possible. No indexes, no caches: every question loops over every object.
 //! It is deliberately written without looking at the engine's structure, so that the two
 //! can be compared (property tests) and a disagreement points at a bug in one of them.
@@ -13,7 +13,7 @@
 //! - Pods are "running" unless Succeeded or Failed (§10): Pending/Unknown pods keep their
 //!   address and their policies.
 //! - A pod's traffic to itself never leaves its network namespace: allowed on both sides
-//!   whatever the policies (DESIGN.md "Enforcement point").
+//!   whatever the policies (docs/SEMANTICS.md, "Choices beyond the checklist").
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
