@@ -15,7 +15,9 @@ use palisade_model::{IpFamily, Key, Protocol};
 use crate::cmd::{self, SETUP_TIMEOUT};
 use crate::netns::{self, NETNS_PREFIX, NetnsHandle};
 use crate::plan::{self, GATEWAY_V6, Plan};
-use crate::probe::{self, ConnectTiming, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest};
+use crate::probe::{
+    self, ConnectTiming, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest, ProbeTrace,
+};
 use crate::server::{Listener, ProbeServer};
 use crate::{LabError, SCTP_SKIP_REASON};
 
@@ -173,6 +175,8 @@ pub struct Lab {
     served: Mutex<Vec<BTreeSet<(u16, Protocol)>>>,
     server: Option<ProbeServer>,
     guard: NetnsGuard,
+    /// When the lab was created: the origin of the times in diagnostics.
+    epoch: std::time::Instant,
 }
 
 fn node_ns(prefix: &str, i: usize) -> String {
@@ -241,6 +245,7 @@ impl Lab {
             families: spec.families,
             server: Some(ProbeServer::start()?),
             guard,
+            epoch: started,
         };
         for p in &plan.pods {
             lab.serve(&p.key, &p.ports)?;
@@ -253,6 +258,11 @@ impl Lab {
             "lab: created"
         );
         Ok(lab)
+    }
+
+    /// When the lab was created; diagnostics print times relative to it.
+    pub fn epoch(&self) -> std::time::Instant {
+        self.epoch
     }
 
     /// The random id of this lab (8 hex digits).
@@ -466,6 +476,15 @@ impl Lab {
 
     /// Runs every probe, up to [`MAX_PARALLEL_PROBES`] at once; outcomes in request order.
     pub fn probe_many(&self, requests: &[ProbeRequest]) -> Vec<ProbeOutcome> {
+        self.probe_many_traced(requests)
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect()
+    }
+
+    /// [`Lab::probe_many`], with what each probe did and when (its source address, sends,
+    /// reply), for explaining a surprising outcome.
+    pub fn probe_many_traced(&self, requests: &[ProbeRequest]) -> Vec<(ProbeOutcome, ProbeTrace)> {
         let sources: Vec<Result<&NetnsHandle, ProbeOutcome>> = requests
             .iter()
             .map(|r| {
@@ -496,6 +515,7 @@ impl Lab {
         run_parallel(1, |_| (source.clone(), to, port, protocol, timeout))
             .pop()
             .expect("one")
+            .0
     }
 
     /// One TCP connect from the pod, timed (handshake only); for latency measurements.
@@ -553,9 +573,13 @@ type Job<'a> = (
 
 /// Runs `n` probes on up to [`MAX_PARALLEL_PROBES`] fresh threads, each entering the
 /// source's netns before its probe (and never leaving a caller's thread in another netns).
-fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<ProbeOutcome> {
+fn run_parallel<'a>(
+    n: usize,
+    job: impl Fn(usize) -> Job<'a> + Sync,
+) -> Vec<(ProbeOutcome, ProbeTrace)> {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<ProbeOutcome>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<(ProbeOutcome, ProbeTrace)>>> =
+        (0..n).map(|_| Mutex::new(None)).collect();
     let workers = n.min(MAX_PARALLEL_PROBES);
     thread::scope(|s| {
         let work = || {
@@ -567,7 +591,7 @@ fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<Prob
                 }
                 let (source, to, port, protocol, timeout) = job(i);
                 let outcome = match source {
-                    Err(outcome) => outcome,
+                    Err(outcome) => (outcome, ProbeTrace::default()),
                     Ok(ns) if current == Some(ns.name.as_str()) => {
                         probe::run(to, port, protocol, timeout)
                     }
@@ -576,7 +600,7 @@ fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<Prob
                             current = Some(ns.name.as_str());
                             probe::run(to, port, protocol, timeout)
                         }
-                        Err(e) => ProbeOutcome::Error(e.to_string()),
+                        Err(e) => (ProbeOutcome::Error(e.to_string()), ProbeTrace::default()),
                     },
                 };
                 *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
@@ -600,7 +624,12 @@ fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<Prob
         .map(|m| {
             m.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| ProbeOutcome::Error("no probe thread could run".into()))
+                .unwrap_or_else(|| {
+                    (
+                        ProbeOutcome::Error("no probe thread could run".into()),
+                        ProbeTrace::default(),
+                    )
+                })
         })
         .collect()
 }

@@ -27,6 +27,7 @@
 //! Needs root, `ip` (iproute2) and, for rules, `nft`: see [`check_prerequisites`].
 
 mod cmd;
+pub mod diagnose;
 pub mod enforce;
 mod lab;
 mod netns;
@@ -43,6 +44,7 @@ pub use netns::{
 };
 pub use probe::{
     ConnectTiming, DEFAULT_PROBE_TIMEOUT, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest,
+    ProbeTrace,
 };
 
 /// Why SCTP ports are neither served nor probed.

@@ -79,6 +79,21 @@ impl ProbeRequest {
     }
 }
 
+/// What one probe did and when, to explain an outcome that surprises (see
+/// `crate::diagnose`). Instants are this process's monotonic clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ProbeTrace {
+    /// The probe socket's own address: its port names the flow in conntrack and in the
+    /// lab's flow counters. `None` when no socket got that far (e.g. a refused TCP connect).
+    pub source: Option<SocketAddr>,
+    pub started: Option<Instant>,
+    /// Each datagram sent (UDP), or the start of the connect (TCP).
+    pub sent: Vec<Instant>,
+    /// When the reply that made the probe `Connected` arrived.
+    pub reply: Option<Instant>,
+    pub finished: Option<Instant>,
+}
+
 /// A TCP connect and how long it took (for latency measurements).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectTiming {
@@ -106,22 +121,35 @@ fn remaining(deadline: Instant) -> Option<Duration> {
 }
 
 /// Runs one probe from the current thread's netns.
-pub(crate) fn run(to: IpAddr, port: u16, protocol: Protocol, timeout: Duration) -> ProbeOutcome {
+pub(crate) fn run(
+    to: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    timeout: Duration,
+) -> (ProbeOutcome, ProbeTrace) {
     let addr = SocketAddr::new(to, port);
-    match protocol {
-        Protocol::Tcp => tcp(addr, timeout),
-        Protocol::Udp => udp(addr, timeout),
+    let mut trace = ProbeTrace {
+        started: Some(Instant::now()),
+        ..ProbeTrace::default()
+    };
+    let outcome = match protocol {
+        Protocol::Tcp => tcp(addr, timeout, &mut trace),
+        Protocol::Udp => udp(addr, timeout, &mut trace),
         Protocol::Sctp => ProbeOutcome::Skipped(crate::SCTP_SKIP_REASON.into()),
-    }
+    };
+    trace.finished = Some(Instant::now());
+    (outcome, trace)
 }
 
 /// Connect, then read the server's reply; both within `timeout`.
-fn tcp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
+fn tcp(addr: SocketAddr, timeout: Duration, trace: &mut ProbeTrace) -> ProbeOutcome {
     let deadline = Instant::now() + timeout;
+    trace.sent.push(Instant::now());
     let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
         Ok(s) => s,
         Err(e) => return classify(&e),
     };
+    trace.source = stream.local_addr().ok();
     let mut buf = [0u8; 256];
     loop {
         let Some(left) = remaining(deadline) else {
@@ -132,7 +160,10 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
         }
         match stream.read(&mut buf) {
             Ok(0) => return ProbeOutcome::Error("connected, but closed without a reply".into()),
-            Ok(_) => return ProbeOutcome::Connected,
+            Ok(_) => {
+                trace.reply = Some(Instant::now());
+                return ProbeOutcome::Connected;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return classify(&e),
         }
@@ -141,7 +172,7 @@ fn tcp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
 
 /// Send a datagram; success iff a reply arrives. Sent twice (at 0 and at half the timeout)
 /// since a datagram may be lost, e.g. while a neighbour entry resolves.
-fn udp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
+fn udp(addr: SocketAddr, timeout: Duration, trace: &mut ProbeTrace) -> ProbeOutcome {
     let deadline = Instant::now() + timeout;
     let local: SocketAddr = match addr {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
@@ -151,6 +182,7 @@ fn udp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
         Ok(s) => s,
         Err(e) => return classify(&e),
     };
+    trace.source = socket.local_addr().ok();
     let mut buf = [0u8; 256];
     for attempt in 0..2 {
         let wait_until = if attempt == 0 {
@@ -158,6 +190,7 @@ fn udp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
         } else {
             deadline
         };
+        trace.sent.push(Instant::now());
         if let Err(e) = socket.send(b"palisade-lab probe\n") {
             return classify(&e);
         }
@@ -166,7 +199,10 @@ fn udp(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
                 return ProbeOutcome::Error(e.to_string());
             }
             match socket.recv(&mut buf) {
-                Ok(n) if n > 0 => return ProbeOutcome::Connected,
+                Ok(n) if n > 0 => {
+                    trace.reply = Some(Instant::now());
+                    return ProbeOutcome::Connected;
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => match classify(&e) {
