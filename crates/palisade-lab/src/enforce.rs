@@ -190,7 +190,7 @@ impl<'a> Enforcer<'a> {
         let sent: Vec<String> = trace.sent.iter().map(|&t| at(t)).collect();
         let _ = writeln!(
             s,
-            "  started {}, sent {}, reply {}, ended {}",
+            "  started {}, sent {}, reply {}, ended {}{}",
             trace.started.map_or("-".into(), at),
             if sent.is_empty() {
                 "-".to_string()
@@ -199,6 +199,14 @@ impl<'a> Enforcer<'a> {
             },
             trace.reply.map_or("none".into(), at),
             trace.finished.map_or("-".into(), at),
+            if trace.stray_replies > 0 {
+                format!(
+                    "; {} stray replies (not answering this probe) ignored",
+                    trace.stray_replies
+                )
+            } else {
+                String::new()
+            }
         );
         for i in 0..self.lab.node_count() {
             let name = &self.lab.node_names()[i];

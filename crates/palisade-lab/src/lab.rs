@@ -16,7 +16,8 @@ use crate::cmd::{self, SETUP_TIMEOUT};
 use crate::netns::{self, NETNS_PREFIX, NetnsHandle};
 use crate::plan::{self, GATEWAY_V6, Plan};
 use crate::probe::{
-    self, ConnectTiming, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest, ProbeTrace,
+    self, ConnectTiming, MAX_PARALLEL_PROBES, PortSource, ProbeOutcome, ProbeRequest, ProbeTrace,
+    SourcePorts,
 };
 use crate::server::{Listener, ProbeServer};
 use crate::{LabError, SCTP_SKIP_REASON};
@@ -177,6 +178,8 @@ pub struct Lab {
     guard: NetnsGuard,
     /// When the lab was created: the origin of the times in diagnostics.
     epoch: std::time::Instant,
+    /// UDP probes' source ports, so no probe rides an earlier probe's conntrack entry.
+    udp_ports: SourcePorts,
 }
 
 fn node_ns(prefix: &str, i: usize) -> String {
@@ -246,6 +249,7 @@ impl Lab {
             server: Some(ProbeServer::start()?),
             guard,
             epoch: started,
+            udp_ports: SourcePorts::default(),
         };
         for p in &plan.pods {
             lab.serve(&p.key, &p.ports)?;
@@ -493,7 +497,7 @@ impl Lab {
                     .map_err(|e| ProbeOutcome::Error(e.to_string()))
             })
             .collect();
-        run_parallel(requests.len(), |i| {
+        run_parallel(requests.len(), &self.udp_ports, |i| {
             let r = &requests[i];
             (sources[i].clone(), r.to, r.port, r.protocol, r.timeout)
         })
@@ -512,10 +516,12 @@ impl Lab {
             .nodes
             .get(i)
             .ok_or_else(|| ProbeOutcome::Error(format!("unknown node {i}")));
-        run_parallel(1, |_| (source.clone(), to, port, protocol, timeout))
-            .pop()
-            .expect("one")
-            .0
+        run_parallel(1, &self.udp_ports, |_| {
+            (source.clone(), to, port, protocol, timeout)
+        })
+        .pop()
+        .expect("one")
+        .0
     }
 
     /// One TCP connect from the pod, timed (handshake only); for latency measurements.
@@ -575,6 +581,7 @@ type Job<'a> = (
 /// source's netns before its probe (and never leaving a caller's thread in another netns).
 fn run_parallel<'a>(
     n: usize,
+    udp_ports: &SourcePorts,
     job: impl Fn(usize) -> Job<'a> + Sync,
 ) -> Vec<(ProbeOutcome, ProbeTrace)> {
     let next = AtomicUsize::new(0);
@@ -593,12 +600,20 @@ fn run_parallel<'a>(
                 let outcome = match source {
                     Err(outcome) => (outcome, ProbeTrace::default()),
                     Ok(ns) if current == Some(ns.name.as_str()) => {
-                        probe::run(to, port, protocol, timeout)
+                        let source = PortSource {
+                            ports: udp_ports,
+                            netns: &ns.name,
+                        };
+                        probe::run(to, port, protocol, timeout, source)
                     }
                     Ok(ns) => match ns.enter() {
                         Ok(()) => {
                             current = Some(ns.name.as_str());
-                            probe::run(to, port, protocol, timeout)
+                            let source = PortSource {
+                                ports: udp_ports,
+                                netns: &ns.name,
+                            };
+                            probe::run(to, port, protocol, timeout, source)
                         }
                         Err(e) => (ProbeOutcome::Error(e.to_string()), ProbeTrace::default()),
                     },

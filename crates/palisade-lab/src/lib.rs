@@ -43,8 +43,8 @@ pub use netns::{
     delete_netns_matching, down_all, install_signal_cleanup, list_netns,
 };
 pub use probe::{
-    ConnectTiming, DEFAULT_PROBE_TIMEOUT, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest,
-    ProbeTrace,
+    ConnectTiming, DEFAULT_PROBE_TIMEOUT, MAX_PARALLEL_PROBES, PORT_REUSE_AFTER, ProbeOutcome,
+    ProbeRequest, ProbeTrace, UDP_SOURCE_PORTS,
 };
 
 /// Why SCTP ports are neither served nor probed.
