@@ -161,9 +161,10 @@ impl<'a> Enforcer<'a> {
 
     /// Everything the lab can tell about one probe that just ran, for a report: the probe's
     /// own timing and source port; per node, the applied ruleset's generation and when that
-    /// apply completed, the packets of this exact flow (both directions) before and after
-    /// the policy chains (needs [`diagnose::install_flow_counters`]), the conntrack entries
-    /// between the two addresses, and, when `rulesets`, the tables in force. Call it right
+    /// apply completed, the conntrack entries between the two addresses (read first: they
+    /// age), the packets of this exact flow (both directions) before and after the policy
+    /// chains (needs [`diagnose::install_flow_counters`]), and, when `rulesets`, the tables
+    /// in force. Call it right
     /// after the probe, before anything changes. Multi-line, bounded (see
     /// [`diagnose::MAX_LINES`]).
     pub fn explain_probe(
@@ -238,40 +239,6 @@ impl<'a> Enforcer<'a> {
             };
             let _ = writeln!(s, "  {name} ({}): {applied}", self.lab.node_netns(i));
         }
-        match trace.source {
-            Some(src) if request.protocol != Protocol::Sctp => {
-                let flow = FlowKey {
-                    protocol: request.protocol,
-                    src,
-                    dst: to,
-                };
-                let _ = writeln!(
-                    s,
-                    "  packets of this flow in each node's forward hook (before the policy chains: new / established; after them: let through):"
-                );
-                for (label, f) in [("request", flow), ("reply", flow.reversed())] {
-                    for i in 0..self.lab.node_count() {
-                        let counted = match diagnose::flow_counters(self.lab, i, &f) {
-                            Ok(p) => format!(
-                                "new {}, established {}, let through {}",
-                                p.new, p.established, p.passed
-                            ),
-                            Err(e) => format!("unavailable: {e}"),
-                        };
-                        let _ = writeln!(
-                            s,
-                            "    {label:7} {} -> {} on {}: {counted}",
-                            f.src,
-                            f.dst,
-                            self.lab.node_names()[i]
-                        );
-                    }
-                }
-            }
-            _ => {
-                let _ = writeln!(s, "  packets of this flow: unknown (no source port)");
-            }
-        }
         let src_ip = trace.source.map(|a| a.ip()).or_else(|| {
             let family = if request.to.is_ipv4() {
                 IpFamily::V4
@@ -305,6 +272,40 @@ impl<'a> Enforcer<'a> {
                         let _ = writeln!(s, "  conntrack on {name}: unavailable: {e}");
                     }
                 }
+            }
+        }
+        match trace.source {
+            Some(src) if request.protocol != Protocol::Sctp => {
+                let flow = FlowKey {
+                    protocol: request.protocol,
+                    src,
+                    dst: to,
+                };
+                let _ = writeln!(
+                    s,
+                    "  packets of this flow in each node's forward hook (before the policy chains: new / established; after them: let through):"
+                );
+                for (label, f) in [("request", flow), ("reply", flow.reversed())] {
+                    for i in 0..self.lab.node_count() {
+                        let counted = match diagnose::flow_counters(self.lab, i, &f) {
+                            Ok(p) => format!(
+                                "new {}, established {}, let through {}",
+                                p.new, p.established, p.passed
+                            ),
+                            Err(e) => format!("unavailable: {e}"),
+                        };
+                        let _ = writeln!(
+                            s,
+                            "    {label:7} {} -> {} on {}: {counted}",
+                            f.src,
+                            f.dst,
+                            self.lab.node_names()[i]
+                        );
+                    }
+                }
+            }
+            _ => {
+                let _ = writeln!(s, "  packets of this flow: unknown (no source port)");
             }
         }
         if rulesets {

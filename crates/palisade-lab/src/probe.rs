@@ -296,6 +296,11 @@ fn udp(
         } else {
             deadline
         };
+        // A thread descheduled past the deadline must not send late: that datagram would
+        // also refresh the flow's conntrack entry into a long-lived "stream" one.
+        if remaining(deadline).is_none() {
+            break;
+        }
         trace.sent.push(Instant::now());
         if let Err(e) = socket.send(payload.as_bytes()) {
             return classify(&e);
