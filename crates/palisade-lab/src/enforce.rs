@@ -15,6 +15,17 @@ use palisade_model::{IpFamily, Key, Protocol};
 use crate::diagnose::{self, FlowKey};
 use crate::{Lab, ProbeOutcome, ProbeRequest, ProbeTrace, SCTP_SKIP_REASON};
 
+/// Conntrack entries of a report besides the probe's own 5-tuple.
+const OTHER_CONNTRACK_LINES: usize = 6;
+
+fn proto_word(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
 /// One probe as it ran: what was asked, what came of it, and its trace.
 pub type MeasuredProbe = (ProbeRequest, ProbeOutcome, ProbeTrace);
 
@@ -264,8 +275,30 @@ impl<'a> Enforcer<'a> {
                             "  conntrack on {name} between {src_ip} and {} (timeout left in s; delta-time = age in s):",
                             request.to
                         );
-                        for l in lines {
+                        // This probe's own 5-tuple first, then a few others.
+                        let mine = trace
+                            .source
+                            .map(|a| format!("sport={} dport={} ", a.port(), request.port));
+                        let (own, others): (Vec<String>, Vec<String>) =
+                            lines.into_iter().partition(|l| {
+                                mine.as_ref().is_some_and(|m| {
+                                    l.contains(m)
+                                        && l.split_whitespace().nth(2)
+                                            == Some(proto_word(request.protocol))
+                                })
+                            });
+                        for l in &own {
+                            let _ = writeln!(s, "    {l}   <- this probe's 5-tuple");
+                        }
+                        for l in others.iter().take(OTHER_CONNTRACK_LINES) {
                             let _ = writeln!(s, "    {l}");
+                        }
+                        if others.len() > OTHER_CONNTRACK_LINES {
+                            let _ = writeln!(
+                                s,
+                                "    ... and {} more entries between these addresses",
+                                others.len() - OTHER_CONNTRACK_LINES
+                            );
                         }
                     }
                     Err(e) => {
