@@ -159,7 +159,7 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
         let bar = indicatif::ProgressBar::new(cases_total as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} cases {msg}",
+                "{elapsed_precise} [{bar:30}] {pos}/{len} cases, {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -190,10 +190,7 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
                 match &bar {
                     Some(bar) => {
                         bar.set_position(cases_done as u64);
-                        bar.set_message(format!(
-                            "{family}, {failed} failed cells, last {}",
-                            p.case
-                        ));
+                        bar.set_message(format!("{family}, {failed} failed cells"));
                     }
                     None => eprintln!(
                         "case {cases_done}/{cases_total} {family} {}: {:.1}s elapsed, {failed} failed cells so far",
