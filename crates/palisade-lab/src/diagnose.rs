@@ -39,12 +39,13 @@ fn observer_script() -> String {
     let mut s = format!("table inet {t}\ndelete table inet {t}\ntable inet {t} {{\n");
     for (kind, _) in SET_KINDS {
         for (fam, addr) in [("v4", "ipv4_addr"), ("v6", "ipv6_addr")] {
-            // Elements time out so a long run never fills the set; a full set only stops
-            // counting (the update rule breaks off), it never drops a packet.
+            // Elements time out (reports read them right after the probe) so a long run
+            // does not fill the set; a full set only stops counting new flows (the update
+            // rule breaks off), it never drops a packet.
             let _ = writeln!(
                 s,
                 "\tset {kind}_{fam} {{ type {addr} . {addr} . inet_proto . inet_service . inet_service; \
-                 flags dynamic,timeout; timeout 3m; size 65536; counter; }}"
+                 flags dynamic,timeout; timeout 2m; size 131072; counter; }}"
             );
         }
     }
