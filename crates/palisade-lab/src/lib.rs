@@ -21,6 +21,12 @@
 //! and the ULA `fd50:a15a:de::/48`; `Lab::create` refuses to run if the host itself uses
 //! either. The full plan is in [`plan`].
 //!
+//! Every probe is a new flow (UDP source ports chosen by the lab, never reused while
+//! conntrack may remember them; a reply counts only if it echoes the probe's nonce: see
+//! `probe.rs`), so the steps of a run are independent. When a probe disagrees with the
+//! engine, [`enforce::Enforcer::explain_probe`] and [`diagnose`] tell what the kernel held
+//! and did for that flow.
+//!
 //! Start reading at [`Lab::create`] and [`LabSpec`], then [`Lab::probe_many`]; the
 //! namespace plumbing is in `lab.rs` (`build`), the probe server in `server.rs`.
 //!
