@@ -169,6 +169,22 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
         .family
         .map_or(vec![IpFamily::V4, IpFamily::V6], |f| vec![f]);
     let mut total = palisade_conformance::Report::default();
+    // Progress on stderr: a bar on a terminal, else one line per case (logs, CI).
+    let cases_total = palisade_conformance::selected_cases(&file, &args.only) * families.len();
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(cases_total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} cases, {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(Duration::from_millis(500));
+        bar
+    });
+    let started = std::time::Instant::now();
+    let mut cases_done = 0;
     for family in &families {
         let enforcer = Enforcer::new(&lab, |i| {
             make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade")
@@ -176,11 +192,49 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
         let nodes = enforcer.node_of_pods(&file.pods);
         let addresses = enforcer.addresses(&file.pods, *family);
         let mut prober = LabProber::new(enforcer, Duration::from_millis(args.timeout_ms));
-        let report =
-            palisade_conformance::run(&file, *family, &addresses, &nodes, &args.only, &mut prober);
+        let failed_before = total.failed;
+        let report = palisade_conformance::run_with_progress(
+            &file,
+            *family,
+            &addresses,
+            &nodes,
+            &args.only,
+            &mut prober,
+            &mut |p| {
+                cases_done += 1;
+                let failed = failed_before + p.report.failed;
+                match &bar {
+                    Some(bar) => {
+                        bar.set_position(cases_done as u64);
+                        bar.set_message(format!("{family}, {failed} failed cells"));
+                    }
+                    None => eprintln!(
+                        "case {cases_done}/{cases_total} {family} {}: {:.1}s elapsed, {failed} failed cells so far",
+                        p.case,
+                        started.elapsed().as_secs_f64()
+                    ),
+                }
+            },
+        );
         prober.enforcer.remove()?;
         for f in &report.failures {
             println!("FAIL {family}: {f}");
+            if let Some(detail) = &f.detail {
+                for line in detail.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+        let unexplained = report
+            .failures
+            .iter()
+            .filter(|f| f.detail.is_none())
+            .count();
+        if unexplained > 0 {
+            println!(
+                "({unexplained} failed cells without details: only the first {} of a run are explained)",
+                palisade_conformance::MAX_EXPLAINED
+            );
         }
         for e in &report.errors {
             println!("ERROR {family}: {e}");
@@ -195,6 +249,9 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
         total.failed += report.failed;
         total.skipped += report.skipped;
         total.errors.extend(report.errors);
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     lab.destroy()?;
     println!("{}", total.summary(true));

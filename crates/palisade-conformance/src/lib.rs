@@ -350,7 +350,25 @@ pub trait Prober {
         state: &ClusterState,
         probe: &Probe,
     ) -> Result<Vec<Vec<Observed>>, String>;
+    /// Called right after [`Prober::probe`], before anything changes, for a cell
+    /// (`ctx.file.pods` indexes) whose observation differs from the expectation: what the
+    /// prober can tell about why (for a dataplane: the kernel's state for that flow). Only
+    /// for the first [`MAX_EXPLAINED`] failures of a run. Default: nothing to tell.
+    fn explain(
+        &mut self,
+        ctx: &RunContext<'_>,
+        probe: &Probe,
+        src: usize,
+        dst: usize,
+    ) -> Option<String> {
+        let _ = (ctx, probe, src, dst);
+        None
+    }
 }
+
+/// How many failing cells of one [`run`] (the first ones) a prober is asked to explain: an explanation may hold
+/// whole rulesets, and a broken dataplane fails hundreds of cells for one reason.
+pub const MAX_EXPLAINED: usize = 5;
 
 /// Verdicts from the engine, without packets. SCTP is evaluated like any protocol.
 #[derive(Debug, Default)]
@@ -406,6 +424,9 @@ pub struct Failure {
     pub dst: Key,
     pub expected: bool,
     pub observed: Observed,
+    /// The prober's explanation ([`Prober::explain`]), multi-line; `None` for the cells
+    /// past [`MAX_EXPLAINED`] or when the prober has nothing to say.
+    pub detail: Option<String>,
 }
 
 impl fmt::Display for Failure {
@@ -482,6 +503,18 @@ fn model_pod(
     pod
 }
 
+/// Where a [`run_with_progress`] stands after a case.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// The case just finished.
+    pub case: &'a str,
+    /// Cases finished, of `total` selected.
+    pub done: usize,
+    pub total: usize,
+    /// Everything counted so far.
+    pub report: &'a Report,
+}
+
 /// Runs every case (or those whose id is in `only`) against `prober`.
 pub fn run(
     file: &CaseFile,
@@ -491,25 +524,53 @@ pub fn run(
     only: &[String],
     prober: &mut dyn Prober,
 ) -> Report {
+    run_with_progress(file, family, addresses, nodes, only, prober, &mut |_| {})
+}
+
+/// [`run`], calling `on_case` after each case.
+pub fn run_with_progress(
+    file: &CaseFile,
+    family: IpFamily,
+    addresses: &BTreeMap<Key, IpAddr>,
+    nodes: &BTreeMap<Key, String>,
+    only: &[String],
+    prober: &mut dyn Prober,
+    on_case: &mut dyn FnMut(&Progress<'_>),
+) -> Report {
     let ctx = RunContext {
         file,
         family,
         addresses,
     };
     let mut report = Report::default();
-    for case in file
+    let selected: Vec<&Case> = file
         .cases
         .iter()
         .filter(|c| only.is_empty() || only.contains(&c.id))
-    {
+        .collect();
+    for (i, case) in selected.iter().enumerate() {
         if let Err(e) = run_case(&ctx, case, nodes, prober, &mut report) {
             let cells: usize =
                 case.steps.iter().map(|s| s.probes.len()).sum::<usize>() * cells_per_probe(file);
             report.failed += cells;
             report.errors.push(format!("{}: {e}", case.id));
         }
+        on_case(&Progress {
+            case: &case.id,
+            done: i + 1,
+            total: selected.len(),
+            report: &report,
+        });
     }
     report
+}
+
+/// How many cases [`run`] would run with this `only`.
+pub fn selected_cases(file: &CaseFile, only: &[String]) -> usize {
+    file.cases
+        .iter()
+        .filter(|c| only.is_empty() || only.contains(&c.id))
+        .count()
 }
 
 fn cells_per_probe(file: &CaseFile) -> usize {
@@ -602,6 +663,11 @@ fn run_case(
                         o if (*o == Observed::Allowed) == expected => report.passed += 1,
                         o => {
                             report.failed += 1;
+                            let detail = if report.failures.len() < MAX_EXPLAINED {
+                                prober.explain(ctx, probe, i, j)
+                            } else {
+                                None
+                            };
                             report.failures.push(Failure {
                                 case: case.id.clone(),
                                 step: si + 1,
@@ -610,6 +676,7 @@ fn run_case(
                                 dst: dst.clone(),
                                 expected,
                                 observed: o.clone(),
+                                detail,
                             });
                         }
                     }

@@ -129,7 +129,7 @@ impl NodeRuleset {
                 "rules on a direction that is not isolated",
             ));
         }
-        if rules.isolated != !rules.isolated_by.is_empty() {
+        if rules.isolated == rules.isolated_by.is_empty() {
             return Err(err(
                 object,
                 format!("{d}.isolated_by"),

@@ -1080,7 +1080,6 @@ fn measure_updates(
     args: &Args,
 ) -> Result<(UpdateSamples, UpdateSamples), String> {
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed);
-    let cfg = Config::default();
     let (mut relabels, mut adds) = (UpdateSamples::default(), UpdateSamples::default());
     let local: Vec<String> = (0..ENFORCING.len()).map(|i| b.node_name(i)).collect();
     // Pods on the enforcing nodes: a change to them always reaches at least one table.
@@ -1110,7 +1109,6 @@ fn measure_updates(
         dp.apply_full(&rulesets[i]).map_err(|e| e.to_string())?;
         dataplanes.push(dp);
     }
-    let _ = &cfg;
     // Until each kind has `updates` changes that reached a kernel (bounded).
     for u in 0..8 * args.updates.max(1) {
         let (r, a) = (relabels.total.len(), adds.total.len());
@@ -1119,8 +1117,9 @@ fn measure_updates(
         }
         let relabel = a >= args.updates || (r < args.updates && r <= a);
         let target = movable.choose(&mut rng).expect("non-empty").clone();
-        let mut pod = state.pod(&target).expect("pod").clone();
-        let apps: Vec<String> = state
+        let mut pod = live.state().pod(&target).expect("pod").clone();
+        let apps: Vec<String> = live
+            .state()
             .pods_in_namespace(&target.namespace)
             .filter_map(|p| p.labels.get("app").cloned())
             .collect();

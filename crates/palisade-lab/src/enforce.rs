@@ -3,8 +3,9 @@
 //! packets. The backend is chosen by the caller; this module knows none.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use palisade_conformance::{Case, Observed, Probe, Prober, RunContext};
 use palisade_engine::ClusterState;
@@ -13,12 +14,35 @@ use palisade_ir::{
 };
 use palisade_model::{IpFamily, Key, Protocol};
 
-use crate::{Lab, ProbeOutcome, ProbeRequest, SCTP_SKIP_REASON};
+use crate::diagnose::{self, FlowKey};
+use crate::{Lab, ProbeOutcome, ProbeRequest, ProbeTrace, SCTP_SKIP_REASON};
+
+/// Conntrack entries of a report besides the probe's own 5-tuple.
+const OTHER_CONNTRACK_LINES: usize = 6;
+
+fn proto_word(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// One probe as it ran: what was asked, what came of it, and its trace.
+pub type MeasuredProbe = (ProbeRequest, ProbeOutcome, ProbeTrace);
 
 /// The lab's nodes, each with its dataplane driven by the shared [`Reconciler`].
 pub struct Enforcer<'a> {
     lab: &'a Lab,
     nodes: Vec<Reconciler>,
+}
+
+/// When a node's last apply completed, and which one it was (from its reconciler).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyMark {
+    /// 1 for the first apply of this enforcer, then one more for each that changed something.
+    pub generation: u64,
+    pub completed: Instant,
 }
 
 impl std::fmt::Debug for Enforcer<'_> {
@@ -66,6 +90,20 @@ impl<'a> Enforcer<'a> {
         Ok(out)
     }
 
+    /// The ruleset node `i` last applied (what is in force).
+    pub fn applied(&self, i: usize) -> Option<&NodeRuleset> {
+        self.nodes.get(i)?.applied()
+    }
+
+    /// Node `i`'s last completed apply.
+    pub fn last_apply(&self, i: usize) -> Option<ApplyMark> {
+        let node = self.nodes.get(i)?;
+        Some(ApplyMark {
+            generation: node.generation(),
+            completed: node.last_apply_completed()?,
+        })
+    }
+
     /// Removes every node's rules.
     pub fn remove(&mut self) -> Result<(), DataplaneError> {
         self.nodes.iter_mut().try_for_each(Reconciler::remove)
@@ -81,6 +119,20 @@ impl<'a> Enforcer<'a> {
         protocol: Protocol,
         timeout: Duration,
     ) -> Result<Vec<Vec<Observed>>, String> {
+        self.measure_traced(pods, family, port, protocol, timeout)
+            .map(|(cells, _)| cells)
+    }
+
+    /// [`Enforcer::measure`], also returning every probe as it ran (row-major, `src * n +
+    /// dst`), to explain a cell with [`Enforcer::explain_probe`].
+    pub fn measure_traced(
+        &self,
+        pods: &[Key],
+        family: IpFamily,
+        port: u16,
+        protocol: Protocol,
+        timeout: Duration,
+    ) -> Result<(Vec<Vec<Observed>>, Vec<MeasuredProbe>), String> {
         let mut requests = Vec::new();
         for src in pods {
             for dst in pods {
@@ -92,17 +144,213 @@ impl<'a> Enforcer<'a> {
                     .push(ProbeRequest::new(src.clone(), to, port, protocol).with_timeout(timeout));
             }
         }
-        let outcomes = self.lab.probe_many(&requests);
+        let outcomes = self.lab.probe_many_traced(&requests);
         let cells: Vec<Observed> = outcomes
-            .into_iter()
-            .map(|o| match o {
+            .iter()
+            .map(|(o, _)| match o {
                 ProbeOutcome::Connected => Observed::Allowed,
-                ProbeOutcome::Skipped(reason) => Observed::Skipped(reason),
+                ProbeOutcome::Skipped(reason) => Observed::Skipped(reason.clone()),
                 // Dropped packets time out; a refusal or error is a failed connection too.
                 _ => Observed::Denied,
             })
             .collect();
-        Ok(cells.chunks(pods.len()).map(<[Observed]>::to_vec).collect())
+        let grid = cells.chunks(pods.len()).map(<[Observed]>::to_vec).collect();
+        let measured = requests
+            .into_iter()
+            .zip(outcomes)
+            .map(|(r, (o, t))| (r, o, t))
+            .collect();
+        Ok((grid, measured))
+    }
+
+    /// Everything the lab can tell about one probe that just ran, for a report: the probe's
+    /// own timing and source port; per node, the applied ruleset's generation and when that
+    /// apply completed, the conntrack entries between the two addresses (read first: they
+    /// age), the packets of this exact flow (both directions) before and after the policy
+    /// chains (needs [`diagnose::install_flow_counters`]), and, when `rulesets`, the tables
+    /// in force. Call it right
+    /// after the probe, before anything changes. Multi-line, bounded (see
+    /// [`diagnose::MAX_LINES`]).
+    pub fn explain_probe(
+        &self,
+        request: &ProbeRequest,
+        outcome: &ProbeOutcome,
+        trace: &ProbeTrace,
+        rulesets: bool,
+    ) -> String {
+        let epoch = self.lab.epoch();
+        let at = |t: Instant| format!("+{:.3}s", t.saturating_duration_since(epoch).as_secs_f64());
+        let mut s = String::new();
+        let source = trace
+            .source
+            .map_or_else(|| "(no socket address)".to_string(), |a| a.to_string());
+        let to = std::net::SocketAddr::new(request.to, request.port);
+        let _ = writeln!(
+            s,
+            "probe {} {source} -> {to} from {}: {outcome} (timeout {} ms; times since the lab was created)",
+            request.protocol,
+            request.from,
+            request.timeout.as_millis()
+        );
+        let sent: Vec<String> = trace.sent.iter().map(|&t| at(t)).collect();
+        let _ = writeln!(
+            s,
+            "  started {}, sent {}, reply {}, ended {}{}",
+            trace.started.map_or("-".into(), at),
+            if sent.is_empty() {
+                "-".to_string()
+            } else {
+                sent.join(" and ")
+            },
+            trace.reply.map_or("none".into(), at),
+            trace.finished.map_or("-".into(), at),
+            if trace.stray_replies > 0 {
+                format!(
+                    "; {} stray replies (not answering this probe) ignored",
+                    trace.stray_replies
+                )
+            } else {
+                String::new()
+            }
+        );
+        for i in 0..self.lab.node_count() {
+            let name = &self.lab.node_names()[i];
+            let applied = match (self.applied(i), self.last_apply(i)) {
+                (Some(rs), Some(mark)) => {
+                    let st = rs.stats();
+                    let relative = match trace.started {
+                        Some(start) if mark.completed <= start => format!(
+                            "{} ms before the probe started",
+                            (start - mark.completed).as_millis()
+                        ),
+                        Some(start) => format!(
+                            "{} ms AFTER the probe started",
+                            (mark.completed - start).as_millis()
+                        ),
+                        None => String::new(),
+                    };
+                    format!(
+                        "generation {} ({} endpoints, {} rules, {} peer sets, {} port sets), apply completed {} ({relative})",
+                        mark.generation,
+                        st.endpoints,
+                        st.rules,
+                        st.peer_sets,
+                        st.port_sets,
+                        at(mark.completed)
+                    )
+                }
+                _ => "nothing applied".to_string(),
+            };
+            let _ = writeln!(s, "  {name} ({}): {applied}", self.lab.node_netns(i));
+        }
+        let src_ip = trace.source.map(|a| a.ip()).or_else(|| {
+            let family = if request.to.is_ipv4() {
+                IpFamily::V4
+            } else {
+                IpFamily::V6
+            };
+            self.lab.pod_ip(&request.from, family)
+        });
+        if let Some(src_ip) = src_ip {
+            for i in 0..self.lab.node_count() {
+                let name = &self.lab.node_names()[i];
+                match diagnose::conntrack_entries(self.lab, i, src_ip, request.to) {
+                    Ok(lines) if lines.is_empty() => {
+                        let _ = writeln!(
+                            s,
+                            "  conntrack on {name} between {src_ip} and {}: none",
+                            request.to
+                        );
+                    }
+                    Ok(lines) => {
+                        let _ = writeln!(
+                            s,
+                            "  conntrack on {name} between {src_ip} and {} (timeout left in s; delta-time = age in s):",
+                            request.to
+                        );
+                        // This probe's own 5-tuple first, then a few others.
+                        let mine = trace
+                            .source
+                            .map(|a| format!("sport={} dport={} ", a.port(), request.port));
+                        let (own, others): (Vec<String>, Vec<String>) =
+                            lines.into_iter().partition(|l| {
+                                mine.as_ref().is_some_and(|m| {
+                                    l.contains(m)
+                                        && l.split_whitespace().nth(2)
+                                            == Some(proto_word(request.protocol))
+                                })
+                            });
+                        for l in &own {
+                            let _ = writeln!(s, "    {l}   <- this probe's 5-tuple");
+                        }
+                        for l in others.iter().take(OTHER_CONNTRACK_LINES) {
+                            let _ = writeln!(s, "    {l}");
+                        }
+                        if others.len() > OTHER_CONNTRACK_LINES {
+                            let _ = writeln!(
+                                s,
+                                "    ... and {} more entries between these addresses",
+                                others.len() - OTHER_CONNTRACK_LINES
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        let _ = writeln!(s, "  conntrack on {name}: unavailable: {e}");
+                    }
+                }
+            }
+        }
+        match trace.source {
+            Some(src) if request.protocol != Protocol::Sctp => {
+                let flow = FlowKey {
+                    protocol: request.protocol,
+                    src,
+                    dst: to,
+                };
+                let _ = writeln!(
+                    s,
+                    "  packets of this flow in each node's forward hook (before the policy chains: new / established; after them: let through):"
+                );
+                for (label, f) in [("request", flow), ("reply", flow.reversed())] {
+                    for i in 0..self.lab.node_count() {
+                        let counted = match diagnose::flow_counters(self.lab, i, &f) {
+                            Ok(p) => format!(
+                                "new {}, established {}, let through {}",
+                                p.new, p.established, p.passed
+                            ),
+                            Err(e) => format!("unavailable: {e}"),
+                        };
+                        let _ = writeln!(
+                            s,
+                            "    {label:7} {} -> {} on {}: {counted}",
+                            f.src,
+                            f.dst,
+                            self.lab.node_names()[i]
+                        );
+                    }
+                }
+            }
+            _ => {
+                let _ = writeln!(s, "  packets of this flow: unknown (no source port)");
+            }
+        }
+        if rulesets {
+            for i in 0..self.lab.node_count() {
+                let name = &self.lab.node_names()[i];
+                match diagnose::ruleset(self.lab, i) {
+                    Ok(text) => {
+                        let _ = writeln!(s, "  ruleset in force on {name}:");
+                        for l in text.lines() {
+                            let _ = writeln!(s, "    {l}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = writeln!(s, "  ruleset on {name}: unavailable: {e}");
+                    }
+                }
+            }
+        }
+        s
     }
 
     /// The model pods' node names, for the conformance runner.
@@ -128,6 +376,10 @@ pub struct LabProber<'a> {
     pub enforcer: Enforcer<'a>,
     pub timeout: Duration,
     serving_case: Option<String>,
+    /// The last probed matrix, row-major, to explain its failing cells.
+    last: Vec<MeasuredProbe>,
+    /// `Some(why)` once installing the flow counters failed (reports say so).
+    counters: Option<Result<(), String>>,
 }
 
 impl std::fmt::Debug for LabProber<'_> {
@@ -144,6 +396,8 @@ impl<'a> LabProber<'a> {
             enforcer,
             timeout,
             serving_case: None,
+            last: Vec::new(),
+            counters: None,
         }
     }
 }
@@ -155,6 +409,10 @@ impl Prober for LabProber<'_> {
         case: &Case,
         state: &ClusterState,
     ) -> Result<(), String> {
+        if self.counters.is_none() {
+            self.counters =
+                Some(diagnose::install_flow_counters(self.enforcer.lab).map_err(|e| e.to_string()));
+        }
         if self.serving_case.as_deref() != Some(case.id.as_str()) {
             let ports: Vec<(u16, Protocol)> = case
                 .served_ports
@@ -188,12 +446,29 @@ impl Prober for LabProber<'_> {
                 n
             ]);
         }
-        self.enforcer.measure(
+        let (grid, measured) = self.enforcer.measure_traced(
             &ctx.file.pods,
             ctx.family,
             probe.port,
             probe.protocol,
             self.timeout,
-        )
+        )?;
+        self.last = measured;
+        Ok(grid)
+    }
+
+    fn explain(
+        &mut self,
+        ctx: &RunContext<'_>,
+        _: &Probe,
+        src: usize,
+        dst: usize,
+    ) -> Option<String> {
+        let (request, outcome, trace) = self.last.get(src * ctx.file.pods.len() + dst)?;
+        let mut s = self.enforcer.explain_probe(request, outcome, trace, true);
+        if let Some(Err(e)) = &self.counters {
+            let _ = writeln!(s, "  (flow counters could not be installed: {e})");
+        }
+        Some(s)
     }
 }

@@ -15,7 +15,10 @@ use palisade_model::{IpFamily, Key, Protocol};
 use crate::cmd::{self, SETUP_TIMEOUT};
 use crate::netns::{self, NETNS_PREFIX, NetnsHandle};
 use crate::plan::{self, GATEWAY_V6, Plan};
-use crate::probe::{self, ConnectTiming, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest};
+use crate::probe::{
+    self, ConnectTiming, MAX_PARALLEL_PROBES, PortSource, ProbeOutcome, ProbeRequest, ProbeTrace,
+    SourcePorts,
+};
 use crate::server::{Listener, ProbeServer};
 use crate::{LabError, SCTP_SKIP_REASON};
 
@@ -173,6 +176,10 @@ pub struct Lab {
     served: Mutex<Vec<BTreeSet<(u16, Protocol)>>>,
     server: Option<ProbeServer>,
     guard: NetnsGuard,
+    /// When the lab was created: the origin of the times in diagnostics.
+    epoch: std::time::Instant,
+    /// UDP probes' source ports, so no probe rides an earlier probe's conntrack entry.
+    udp_ports: SourcePorts,
 }
 
 fn node_ns(prefix: &str, i: usize) -> String {
@@ -241,6 +248,8 @@ impl Lab {
             families: spec.families,
             server: Some(ProbeServer::start()?),
             guard,
+            epoch: started,
+            udp_ports: SourcePorts::default(),
         };
         for p in &plan.pods {
             lab.serve(&p.key, &p.ports)?;
@@ -253,6 +262,11 @@ impl Lab {
             "lab: created"
         );
         Ok(lab)
+    }
+
+    /// When the lab was created; diagnostics print times relative to it.
+    pub fn epoch(&self) -> std::time::Instant {
+        self.epoch
     }
 
     /// The random id of this lab (8 hex digits).
@@ -466,6 +480,15 @@ impl Lab {
 
     /// Runs every probe, up to [`MAX_PARALLEL_PROBES`] at once; outcomes in request order.
     pub fn probe_many(&self, requests: &[ProbeRequest]) -> Vec<ProbeOutcome> {
+        self.probe_many_traced(requests)
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect()
+    }
+
+    /// [`Lab::probe_many`], with what each probe did and when (its source address, sends,
+    /// reply), for explaining a surprising outcome.
+    pub fn probe_many_traced(&self, requests: &[ProbeRequest]) -> Vec<(ProbeOutcome, ProbeTrace)> {
         let sources: Vec<Result<&NetnsHandle, ProbeOutcome>> = requests
             .iter()
             .map(|r| {
@@ -474,7 +497,7 @@ impl Lab {
                     .map_err(|e| ProbeOutcome::Error(e.to_string()))
             })
             .collect();
-        run_parallel(requests.len(), |i| {
+        run_parallel(requests.len(), &self.udp_ports, |i| {
             let r = &requests[i];
             (sources[i].clone(), r.to, r.port, r.protocol, r.timeout)
         })
@@ -493,9 +516,12 @@ impl Lab {
             .nodes
             .get(i)
             .ok_or_else(|| ProbeOutcome::Error(format!("unknown node {i}")));
-        run_parallel(1, |_| (source.clone(), to, port, protocol, timeout))
-            .pop()
-            .expect("one")
+        run_parallel(1, &self.udp_ports, |_| {
+            (source.clone(), to, port, protocol, timeout)
+        })
+        .pop()
+        .expect("one")
+        .0
     }
 
     /// One TCP connect from the pod, timed (handshake only); for latency measurements.
@@ -553,9 +579,14 @@ type Job<'a> = (
 
 /// Runs `n` probes on up to [`MAX_PARALLEL_PROBES`] fresh threads, each entering the
 /// source's netns before its probe (and never leaving a caller's thread in another netns).
-fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<ProbeOutcome> {
+fn run_parallel<'a>(
+    n: usize,
+    udp_ports: &SourcePorts,
+    job: impl Fn(usize) -> Job<'a> + Sync,
+) -> Vec<(ProbeOutcome, ProbeTrace)> {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<ProbeOutcome>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<(ProbeOutcome, ProbeTrace)>>> =
+        (0..n).map(|_| Mutex::new(None)).collect();
     let workers = n.min(MAX_PARALLEL_PROBES);
     thread::scope(|s| {
         let work = || {
@@ -567,16 +598,24 @@ fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<Prob
                 }
                 let (source, to, port, protocol, timeout) = job(i);
                 let outcome = match source {
-                    Err(outcome) => outcome,
+                    Err(outcome) => (outcome, ProbeTrace::default()),
                     Ok(ns) if current == Some(ns.name.as_str()) => {
-                        probe::run(to, port, protocol, timeout)
+                        let source = PortSource {
+                            ports: udp_ports,
+                            netns: &ns.name,
+                        };
+                        probe::run(to, port, protocol, timeout, source)
                     }
                     Ok(ns) => match ns.enter() {
                         Ok(()) => {
                             current = Some(ns.name.as_str());
-                            probe::run(to, port, protocol, timeout)
+                            let source = PortSource {
+                                ports: udp_ports,
+                                netns: &ns.name,
+                            };
+                            probe::run(to, port, protocol, timeout, source)
                         }
-                        Err(e) => ProbeOutcome::Error(e.to_string()),
+                        Err(e) => (ProbeOutcome::Error(e.to_string()), ProbeTrace::default()),
                     },
                 };
                 *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
@@ -600,7 +639,12 @@ fn run_parallel<'a>(n: usize, job: impl Fn(usize) -> Job<'a> + Sync) -> Vec<Prob
         .map(|m| {
             m.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| ProbeOutcome::Error("no probe thread could run".into()))
+                .unwrap_or_else(|| {
+                    (
+                        ProbeOutcome::Error("no probe thread could run".into()),
+                        ProbeTrace::default(),
+                    )
+                })
         })
         .collect()
 }

@@ -21,12 +21,19 @@
 //! and the ULA `fd50:a15a:de::/48`; `Lab::create` refuses to run if the host itself uses
 //! either. The full plan is in [`plan`].
 //!
+//! Every probe is a new flow (UDP source ports chosen by the lab, never reused while
+//! conntrack may remember them; a reply counts only if it echoes the probe's nonce: see
+//! `probe.rs`), so the steps of a run are independent. When a probe disagrees with the
+//! engine, [`enforce::Enforcer::explain_probe`] and [`diagnose`] tell what the kernel held
+//! and did for that flow.
+//!
 //! Start reading at [`Lab::create`] and [`LabSpec`], then [`Lab::probe_many`]; the
 //! namespace plumbing is in `lab.rs` (`build`), the probe server in `server.rs`.
 //!
 //! Needs root, `ip` (iproute2) and, for rules, `nft`: see [`check_prerequisites`].
 
 mod cmd;
+pub mod diagnose;
 pub mod enforce;
 mod lab;
 mod netns;
@@ -42,7 +49,8 @@ pub use netns::{
     delete_netns_matching, down_all, install_signal_cleanup, list_netns,
 };
 pub use probe::{
-    ConnectTiming, DEFAULT_PROBE_TIMEOUT, MAX_PARALLEL_PROBES, ProbeOutcome, ProbeRequest,
+    ConnectTiming, DEFAULT_PROBE_TIMEOUT, MAX_PARALLEL_PROBES, PORT_REUSE_AFTER, ProbeOutcome,
+    ProbeRequest, ProbeTrace, UDP_SOURCE_PORTS,
 };
 
 /// Why SCTP ports are neither served nor probed.

@@ -1,7 +1,8 @@
 //! The probe server: one thread of the process that owns the lab serves every listener of
 //! every pod. Sockets are created by a short-lived thread inside the pod's netns (a socket
 //! stays in the netns it was created in), then handed to the serving thread, which polls
-//! them all. TCP: accept, write the reply, close. UDP: answer every datagram.
+//! them all. TCP: accept, write the reply, close. UDP: answer every datagram with the reply
+//! followed by the datagram itself.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
@@ -99,8 +100,12 @@ impl Listener {
                 let mut buf = [0u8; 2048];
                 loop {
                     match socket.recv_from(&mut buf) {
-                        Ok((_, peer)) => {
-                            let _ = socket.send_to(&self.reply, peer);
+                        Ok((n, peer)) => {
+                            // The reply echoes the request: a probe counts only the answer
+                            // to its own datagram (it carries a nonce).
+                            let mut reply = self.reply.clone();
+                            reply.extend_from_slice(&buf[..n]);
+                            let _ = socket.send_to(&reply, peer);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -72,3 +72,13 @@ fn nft_failed_apply_keeps_previous() {
 fn nft_drift_is_repaired() {
     contract::drift_is_repaired(&NFT);
 }
+
+#[test]
+fn nft_random_worlds_real_packets_equal_engine_verdicts() {
+    contract::differential::random_clusters_real_packets_equal_engine_verdicts(&NFT);
+}
+
+#[test]
+fn nft_random_worlds_under_cpu_load() {
+    contract::differential::stress_long_sequences_under_cpu_load(&NFT);
+}

@@ -338,6 +338,107 @@ fn node_rules_govern_same_node_and_cross_node_paths() {
     // (`others` includes the target's own probes: their replies pass as established.)
 }
 
+/// Issue 15: a probe must be a new flow. Conntrack accepts packets of a known 5-tuple
+/// before any policy (established first, DESIGN §12), so a UDP probe that reused the
+/// source port of an earlier allowed probe rode its entry through a rule that now drops
+/// it. Here the source pod's kernel has a single ephemeral port, so a kernel-chosen port
+/// would repeat on every probe: every denied probe would connect.
+#[test]
+fn a_udp_probe_never_rides_the_conntrack_entry_of_an_earlier_one() {
+    if !can_run(true) {
+        return;
+    }
+    let spec = LabSpec {
+        pods: vec![
+            LabPod::new(key("x/a")).on_node(0),
+            LabPod::new(key("x/b")).on_node(1).with_ports([UDP]),
+        ],
+        ..LabSpec::default()
+    };
+    let lab = Lab::create(spec).unwrap();
+    let (a, b) = (key("x/a"), key("x/b"));
+    let narrowed = lab
+        .run_in_pod(
+            &a,
+            &[
+                "sh",
+                "-c",
+                "echo '40000 40000' > /proc/sys/net/ipv4/ip_local_port_range",
+            ],
+            None,
+        )
+        .unwrap();
+    assert!(narrowed.status.success());
+    let rules = |drop_b: bool| {
+        let drops = if drop_b {
+            format!(
+                "\t\tip daddr {} drop\n\t\tip6 daddr {} drop\n",
+                lab.pod_ip(&b, IpFamily::V4).unwrap(),
+                lab.pod_ip(&b, IpFamily::V6).unwrap()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "table inet palisade_lab_test\ndelete table inet palisade_lab_test\n\
+             table inet palisade_lab_test {{\n\tchain forward {{\n\
+             \t\ttype filter hook forward priority 0; policy accept;\n\
+             \t\tct state established,related accept\n{drops}\t}}\n}}\n"
+        )
+    };
+    let apply = |drop_b: bool| {
+        for node in 0..2 {
+            let out = lab
+                .run_in_node(node, &["nft", "-f", "-"], Some(rules(drop_b).as_bytes()))
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let requests: Vec<ProbeRequest> = [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .flat_map(|f| {
+            let to = lab.pod_ip(&b, f).unwrap();
+            (0..3).map(move |_| {
+                ProbeRequest::new(key("x/a"), to, UDP.0, UDP.1)
+                    .with_timeout(Duration::from_millis(500))
+            })
+        })
+        .collect();
+    // One at a time, as a kernel-chosen port could repeat only then.
+    let run = |requests: &[ProbeRequest]| -> Vec<_> {
+        requests
+            .iter()
+            .flat_map(|r| lab.probe_many_traced(std::slice::from_ref(r)))
+            .collect()
+    };
+
+    apply(false);
+    let allowed = run(&requests);
+    for (outcome, trace) in &allowed {
+        assert_eq!(*outcome, ProbeOutcome::Connected, "{trace:?}");
+    }
+    // The same flows, now dropped: within conntrack's memory of the allowed ones.
+    apply(true);
+    let denied = run(&requests);
+    for (outcome, trace) in &denied {
+        assert_eq!(
+            *outcome,
+            ProbeOutcome::TimedOut,
+            "rode an old entry: {trace:?}"
+        );
+    }
+    let mut ports = std::collections::BTreeSet::new();
+    for (_, trace) in allowed.iter().chain(&denied) {
+        let port = trace.source.expect("a bound socket").port();
+        assert!(palisade_lab::UDP_SOURCE_PORTS.contains(&port), "{port}");
+        assert!(ports.insert(port), "source port {port} used twice");
+    }
+}
+
 /// The conformance shape: 9 pods, every pod-to-pod packet dropped on both nodes, so all 72
 /// off-diagonal probes time out: the whole matrix must still take about one timeout.
 #[test]

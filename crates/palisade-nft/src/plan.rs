@@ -102,6 +102,9 @@ pub(crate) struct Plan {
     pub sets: BTreeMap<String, Arc<SetDef>>,
     /// Endpoint chains and rule chains.
     pub chains: BTreeMap<String, Arc<ChainDef>>,
+    /// Peer map -> the group chains its elements jump to (so a reused map brings its
+    /// groups along without recomputing its pieces).
+    pub map_groups: BTreeMap<String, Arc<Vec<String>>>,
 }
 
 pub(crate) fn short_hash(input: &str, hex_len: usize) -> String {
@@ -569,20 +572,23 @@ impl Planner<'_> {
             PeerMatch::Set(id) => !self.changed_sets.contains(id),
             PeerMatch::Any => true,
         });
-        if let Some(old) = self
+        let reused = self
             .reuse
             .filter(|_| unchanged)
-            .and_then(|old| old.sets.get(name))
-        {
-            // The groups it jumps to are in the reused elements; declare their chains.
-            let groups: BTreeSet<Vec<usize>> = peer_pieces(self.rs, named, family)
-                .into_iter()
-                .map(|(_, _, g)| g)
-                .collect();
-            for group in groups {
-                self.group(plan, named, &group);
+            .and_then(|old| Some((old, old.sets.get(name)?, old.map_groups.get(name)?)));
+        if let Some((old, map, groups)) = reused {
+            // Group chains depend on the rules alone, which the class id fixes.
+            for group in groups.iter() {
+                if let Some(chain) = old.chains.get(group) {
+                    plan.chains.insert(group.clone(), chain.clone());
+                }
+                let ports = format!("{group}_ports");
+                if let Some(set) = old.sets.get(&ports) {
+                    plan.sets.insert(ports, set.clone());
+                }
             }
-            plan.sets.insert(name.to_string(), old.clone());
+            plan.sets.insert(name.to_string(), map.clone());
+            plan.map_groups.insert(name.to_string(), groups.clone());
             return;
         }
         let mut elements = BTreeSet::new();
@@ -610,6 +616,8 @@ impl Planner<'_> {
                 elements,
             }),
         );
+        plan.map_groups
+            .insert(name.to_string(), Arc::new(chains.into_values().collect()));
     }
 
     /// The chain of a group of rules matching a peer: its port lookup, then the rule

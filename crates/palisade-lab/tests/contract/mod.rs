@@ -12,9 +12,12 @@
 //! - [`drift_is_repaired`]: someone deleting the backend's rules is undone by the
 //!   reconciler's periodic full apply within a bounded time.
 //!
-//! The differential test of random worlds is `differential.rs`.
+//! - [`differential`]: random worlds, every probe equal to the engine's verdict, and its
+//!   stress variant under CPU load.
 
 #![allow(dead_code)]
+
+pub mod differential;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,6 +34,14 @@ use palisade_lab::enforce::{Enforcer, LabProber};
 use palisade_lab::{Lab, LabPod, LabSpec, ProbeOutcome, can_run_root_tests};
 use palisade_model::{IpFamily, Key, Protocol};
 use palisade_testkit::{GenParams, generate_cluster};
+
+/// The suite's tests run one at a time: probes are timed, and the stress test loads every
+/// core on purpose.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A backend as the suite drives it.
 pub struct BackendUnderTest {
@@ -56,6 +67,7 @@ pub fn upstream_conformance(b: &BackendUnderTest, family: IpFamily) {
     if !can_run_root_tests(true) {
         return;
     }
+    let _serial = serial();
     let file = upstream();
     let spec = LabSpec {
         pods: file.pods.iter().map(|k| LabPod::new(k.clone())).collect(),
@@ -113,6 +125,7 @@ pub fn update_equals_full(b: &BackendUnderTest) {
     if !can_run_root_tests(true) {
         return;
     }
+    let _serial = serial();
     let lab = Lab::create(LabSpec {
         nodes: 2,
         ..LabSpec::default()
@@ -281,6 +294,7 @@ pub fn atomic_under_large_updates(b: &BackendUnderTest) {
     if !can_run_root_tests(true) {
         return;
     }
+    let _serial = serial();
     let (lab, client, server) = client_server_lab();
     // Two large rulesets that differ in thousands of elements and hundreds of chains, and
     // agree on the probed flows: 80 allowed, 81 denied.
@@ -351,6 +365,7 @@ pub fn failed_apply_keeps_previous(b: &BackendUnderTest) {
     if !can_run_root_tests(true) {
         return;
     }
+    let _serial = serial();
     let (lab, client, server) = client_server_lab();
     let denying = server_ruleset(&lab, &client, &server, 0, 0);
     let mut opening = denying.clone();
@@ -396,6 +411,7 @@ pub fn drift_is_repaired(b: &BackendUnderTest) {
     if !can_run_root_tests(true) {
         return;
     }
+    let _serial = serial();
     let (lab, client, server) = client_server_lab();
     let rs = server_ruleset(&lab, &client, &server, 0, 0);
     let resync = Duration::from_secs(2);
