@@ -501,7 +501,7 @@ fn realistic_policy(
         }
         "egress-internal" => {
             let node = rng.random_range(1..=params.nodes.max(1));
-            let except = format!("10.{node}.0.0/16");
+            let except = format!("10.{}.0.0/16", node & 0xff);
             p.select(sel(&[("tier", app.tier)]))
                 .types(&[Egress])
                 .egress(
