@@ -110,6 +110,8 @@ impl std::fmt::Debug for Controller {
 }
 
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest the loop waits for an event before it looks for a stop request again.
+const STOP_POLL: Duration = Duration::from_millis(200);
 /// How often the dataplane's per-rule counters are read into /metrics, by default.
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -151,7 +153,7 @@ impl Controller {
     /// counter read. Returns how long the loop may wait for the next event.
     fn housekeeping(&mut self) -> Duration {
         if !self.synced() {
-            return Duration::from_millis(200);
+            return STOP_POLL;
         }
         let now = Instant::now();
         if self.reconciler.failing() || self.reconciler.resync_due_at().is_some_and(|at| now >= at)
@@ -160,7 +162,7 @@ impl Controller {
         }
         if self
             .counters_read
-            .is_none_or(|at| now >= at + COUNTERS_INTERVAL)
+            .is_none_or(|at| now >= at + self.counters_every)
         {
             self.counters_read = Some(now);
             match self.reconciler.counters() {
@@ -174,9 +176,10 @@ impl Controller {
         let until_resync = self.reconciler.resync_due_at().map_or(Duration::MAX, |at| {
             at.saturating_duration_since(Instant::now())
         });
+        // Never longer than STOP_POLL: the loop checks for a stop request between waits.
         until_resync
-            .min(COUNTERS_INTERVAL)
-            .max(Duration::from_millis(10))
+            .min(self.counters_every)
+            .clamp(Duration::from_millis(10), STOP_POLL)
     }
 
     /// Consumes events until `stop` fires (or every source is gone and `stop` fires).
@@ -305,67 +308,14 @@ impl Controller {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
     use std::sync::mpsc::{Sender, channel};
 
-    use palisade_ir::{ApplyReport, NodeRuleset};
     use palisade_model::{Labels, Namespace, NetworkPolicy, Pod};
 
     use super::*;
 
     /// Records what the controller asked of the dataplane; can be told to fail.
-    #[derive(Clone, Default)]
-    struct Recorder {
-        calls: Arc<Mutex<Vec<String>>>,
-        failures_left: Arc<AtomicUsize>,
-    }
-
-    impl Dataplane for Recorder {
-        fn name(&self) -> &'static str {
-            "recorder"
-        }
-        fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
-            self.record(format!("full {}", desired.endpoints.len()))?;
-            Ok(ApplyReport {
-                full: true,
-                operations: 1,
-            })
-        }
-        fn apply_update(
-            &mut self,
-            _: &NodeRuleset,
-            desired: &NodeRuleset,
-            _: &palisade_ir::RulesetDiff,
-        ) -> Result<ApplyReport, DataplaneError> {
-            self.record(format!("update {}", desired.endpoints.len()))?;
-            Ok(ApplyReport {
-                full: false,
-                operations: 1,
-            })
-        }
-        fn remove(&mut self) -> Result<(), DataplaneError> {
-            self.record("remove".into())
-        }
-    }
-
-    impl Recorder {
-        fn record(&self, call: String) -> Result<(), DataplaneError> {
-            if self.failures_left.load(Ordering::SeqCst) > 0 {
-                self.failures_left.fetch_sub(1, Ordering::SeqCst);
-                self.calls.lock().unwrap().push(format!("FAILED {call}"));
-                return Err(DataplaneError::Apply {
-                    backend: "recorder",
-                    action: "apply".into(),
-                    message: "injected".into(),
-                });
-            }
-            self.calls.lock().unwrap().push(call);
-            Ok(())
-        }
-        fn calls(&self) -> Vec<String> {
-            self.calls.lock().unwrap().clone()
-        }
-    }
+    type Recorder = palisade_ir::RecordingDataplane;
 
     fn pod(name: &str, ip: &str, node: &str) -> Object {
         let mut p = Pod::new(
@@ -504,11 +454,11 @@ mod tests {
     #[test]
     fn a_failed_apply_is_retried_in_full_and_cleanup_on_exit_removes() {
         let rec = Recorder::default();
-        rec.failures_left.store(1, Ordering::SeqCst);
+        rec.fail_next(1);
         let (tx, stop, handle, health) = start(&rec, BatchConfig::default(), true);
         initial_lists(&tx);
         let calls = wait_calls(&rec, 2);
-        assert_eq!(calls, ["FAILED full 1", "full 1"]);
+        assert_eq!(calls, ["full 1 FAILED", "full 1"]);
         assert_eq!(health.not_ready_reason(), None);
         stop.send(()).unwrap();
         handle.join().unwrap().unwrap();

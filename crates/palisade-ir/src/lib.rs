@@ -47,6 +47,7 @@ pub mod cidr;
 mod diff;
 pub mod eval;
 mod reconcile;
+mod recording;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,6 +61,7 @@ use sha2::{Digest, Sha256};
 pub use cidr::IpRange;
 pub use diff::{EndpointChange, MemberDelta, RulesetDiff};
 pub use reconcile::{Reconciled, Reconciler, ReconcilerConfig};
+pub use recording::RecordingDataplane;
 pub use validate::InvariantError;
 
 /// Transport protocols a rule can name.

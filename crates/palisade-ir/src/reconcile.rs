@@ -186,72 +186,8 @@ impl Reconciler {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    /// Logs each call; fails the next `fail` calls.
-    #[derive(Default, Clone)]
-    struct Log {
-        calls: Arc<Mutex<Vec<String>>>,
-        fail: Arc<Mutex<usize>>,
-    }
-
-    impl Dataplane for Log {
-        fn name(&self) -> &'static str {
-            "log"
-        }
-        fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
-            self.record(format!("full {}", desired.endpoints.len()))?;
-            Ok(ApplyReport {
-                full: true,
-                operations: 1,
-            })
-        }
-        fn apply_update(
-            &mut self,
-            _: &NodeRuleset,
-            desired: &NodeRuleset,
-            diff: &RulesetDiff,
-        ) -> Result<ApplyReport, DataplaneError> {
-            self.record(format!(
-                "update {} +{}",
-                desired.endpoints.len(),
-                diff.endpoints_added.len()
-            ))?;
-            Ok(ApplyReport {
-                full: false,
-                operations: 1,
-            })
-        }
-        fn remove(&mut self) -> Result<(), DataplaneError> {
-            self.record("remove".into())
-        }
-    }
-
-    impl Log {
-        fn record(&self, call: String) -> Result<(), DataplaneError> {
-            let mut fail = self.fail.lock().unwrap();
-            let failed = *fail > 0;
-            *fail = fail.saturating_sub(1);
-            self.calls.lock().unwrap().push(if failed {
-                format!("{call} FAILED")
-            } else {
-                call
-            });
-            if failed {
-                return Err(DataplaneError::Apply {
-                    backend: "log",
-                    action: "apply".into(),
-                    message: "injected".into(),
-                });
-            }
-            Ok(())
-        }
-        fn take(&self) -> Vec<String> {
-            std::mem::take(&mut self.calls.lock().unwrap())
-        }
-    }
+    use crate::RecordingDataplane;
 
     fn ruleset(endpoints: usize) -> NodeRuleset {
         let mut rs = NodeRuleset {
@@ -275,12 +211,12 @@ mod tests {
 
     #[test]
     fn full_first_then_diffs_nothing_when_equal_and_full_after_a_failure() {
-        let log = Log::default();
+        let log = RecordingDataplane::default();
         let mut r = Reconciler::new(
             Box::new(log.clone()),
             ReconcilerConfig { resync_every: None },
         );
-        *log.fail.lock().unwrap() = 1;
+        log.fail_next(1);
         assert!(r.reconcile(ruleset(1)).is_err());
         assert!(
             r.failing(),
@@ -289,10 +225,10 @@ mod tests {
         r.reconcile(ruleset(1)).unwrap();
         r.reconcile(ruleset(2)).unwrap();
         assert_eq!(r.reconcile(ruleset(2)).unwrap(), Reconciled::Unchanged);
-        assert_eq!(log.take(), ["full 1 FAILED", "full 1", "update 2 +1"]);
+        assert_eq!(log.take(), ["full 1 FAILED", "full 1", "update 2"]);
         assert_eq!(r.generation(), 2);
 
-        *log.fail.lock().unwrap() = 1;
+        log.fail_next(1);
         assert!(r.reconcile(ruleset(3)).is_err());
         assert!(r.failing());
         assert_eq!(
@@ -302,12 +238,12 @@ mod tests {
         );
         r.reconcile(ruleset(3)).unwrap();
         assert!(!r.failing());
-        assert_eq!(log.take(), ["update 3 +1 FAILED", "full 3"]);
+        assert_eq!(log.take(), ["update 3 FAILED", "full 3"]);
     }
 
     #[test]
     fn an_invalid_ruleset_never_reaches_the_backend() {
-        let log = Log::default();
+        let log = RecordingDataplane::default();
         let mut r = Reconciler::new(
             Box::new(log.clone()),
             ReconcilerConfig { resync_every: None },
@@ -323,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_due_resync_applies_in_full_even_when_nothing_changed() {
-        let log = Log::default();
+        let log = RecordingDataplane::default();
         let mut r = Reconciler::new(
             Box::new(log.clone()),
             ReconcilerConfig {
