@@ -83,19 +83,22 @@ impl LiveState {
     /// Deletes one object; a namespace is `Key { namespace: "", name }`.
     pub fn delete(&mut self, kind: Kind, key: &Key) {
         match kind {
-            Kind::Namespace => {
-                self.peers.namespaces_changed();
-                self.state.delete_namespace(&key.name);
-            }
+            Kind::Namespace => self.peers.namespaces_changed(),
             Kind::Pod => {
                 let old = self.state.pod(key).cloned();
                 self.peers.pod_changed(&self.state, old.as_ref(), None);
-                self.state.delete_pod(key);
             }
-            Kind::NetworkPolicy => {
-                self.state.delete_policy(key);
-            }
+            Kind::NetworkPolicy => {}
         }
+        self.state_delete(kind, key);
+    }
+
+    fn state_delete(&mut self, kind: Kind, key: &Key) {
+        match kind {
+            Kind::Namespace => self.state.delete_namespace(&key.name),
+            Kind::Pod => self.state.delete_pod(key),
+            Kind::NetworkPolicy => self.state.delete_policy(key),
+        };
     }
 
     /// Makes `objects` the complete set of `kind` (a list or re-list): objects of that
@@ -123,14 +126,13 @@ impl LiveState {
                 .map(|p| p.key.clone())
                 .collect(),
         };
-        // A whole kind replaced: cheaper to start the cache over than to track each change.
-        self.peers.clear();
         for key in gone.into_iter().filter(|k| !keep.contains(k)) {
-            self.delete(kind, &key);
+            self.state_delete(kind, &key);
         }
         for object in objects {
             self.state.apply(object);
         }
+        // A whole kind replaced: cheaper to start the cache over than to track each change.
         self.peers.clear();
     }
 
