@@ -13,4 +13,4 @@ export PALISADE_REQUIRE_ROOT_TESTS=1
 export PALISADE_BIN="$PWD/target/release/palisade"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -q -- -D warnings
-cargo test --workspace --release
+cargo test --workspace --release --no-fail-fast
