@@ -46,6 +46,7 @@
 pub mod cidr;
 mod diff;
 pub mod eval;
+pub mod pieces;
 mod reconcile;
 mod recording;
 mod validate;

@@ -12,10 +12,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use palisade_ir::cidr::{addr_to_u128, u128_to_addr};
+use palisade_ir::cidr::u128_to_addr;
 use palisade_ir::{
     Action, AllowRule, Direction, DirectionRules, Endpoint, NodeRuleset, PeerMatch, PortMatch,
-    Protocol, RuleOrigin, SetId, TierRule,
+    RuleOrigin, SetId, TierRule,
 };
 use sha2::{Digest, Sha256};
 
@@ -50,12 +50,6 @@ impl Family {
         match self {
             Family::V4 => "ipv4_addr",
             Family::V6 => "ipv6_addr",
-        }
-    }
-    fn max(self) -> u128 {
-        match self {
-            Family::V4 => u32::MAX.into(),
-            Family::V6 => u128::MAX,
         }
     }
 }
@@ -225,91 +219,10 @@ fn port_text(first: u16, last: u16) -> String {
     }
 }
 
-/// The peers of a rule in one family, as sorted disjoint spans.
-fn peer_spans(rs: &NodeRuleset, peers: &PeerMatch, family: Family) -> Vec<(u128, u128)> {
-    match peers {
-        PeerMatch::Any => vec![(0, family.max())],
-        PeerMatch::Set(id) => rs
-            .peer_sets
-            .get(id)
-            .map(|s| {
-                s.ranges(family == Family::V6)
-                    .iter()
-                    .map(|r| (addr_to_u128(r.first), addr_to_u128(r.last)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-/// The ports of a rule for one protocol, as spans (every port for [`PortMatch::Any`]).
-fn port_spans(rs: &NodeRuleset, ports: &PortMatch, protocol: Protocol) -> Vec<(u16, u16)> {
-    match ports {
-        PortMatch::Any => vec![(0, u16::MAX)],
-        PortMatch::Set(id) => rs
-            .port_sets
-            .get(id)
-            .map(|s| {
-                s.ranges
-                    .iter()
-                    .filter(|r| r.protocol == protocol)
-                    .map(|r| (r.first, r.last))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-/// The port map of a group of rules that all match the peer: per protocol, disjoint port
-/// pieces, each sent to the first rule (in the group's order) taking it; rules taking every
-/// port count for TCP, UDP and SCTP too. Plus the first rule taking every port, which is
-/// what protocols without ports (ICMP) meet.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct PortPieces {
-    ports: Vec<(Protocol, u16, u16, usize)>,
-    any: Option<usize>,
-}
-
-fn port_pieces(rs: &NodeRuleset, rules: &[&AllowRule]) -> PortPieces {
-    let mut ports = Vec::new();
-    for protocol in Protocol::ALL {
-        let spans: Vec<Vec<(u16, u16)>> = rules
-            .iter()
-            .map(|r| port_spans(rs, &r.ports, protocol))
-            .collect();
-        let mut cuts: BTreeSet<u32> = BTreeSet::new();
-        for &(a, b) in spans.iter().flatten() {
-            cuts.insert(a.into());
-            cuts.insert(u32::from(b) + 1);
-        }
-        let cuts: Vec<u32> = cuts.into_iter().collect();
-        for w in cuts.windows(2) {
-            let (a, b) = (w[0] as u16, (w[1] - 1) as u16);
-            let owner = spans
-                .iter()
-                .position(|s| s.iter().any(|&(x, y)| x <= a && b <= y));
-            if let Some(owner) = owner {
-                match ports.last_mut() {
-                    Some((p, _, last, o))
-                        if *p == protocol
-                            && *o == owner
-                            && u32::from(*last) + 1 == u32::from(a) =>
-                    {
-                        *last = b
-                    }
-                    _ => ports.push((protocol, a, b, owner)),
-                }
-            }
-        }
-    }
-    let any = rules.iter().position(|r| r.ports == PortMatch::Any);
-    PortPieces { ports, any }
-}
-
 /// The elements of a port map (`protocol . port : goto allow_<rule>`) and, if a rule of
 /// the group takes every port, the chain protocols without ports go to.
 fn port_map(rs: &NodeRuleset, rules: &[&AllowRule]) -> (BTreeSet<String>, Option<String>) {
-    let pieces = port_pieces(rs, rules);
+    let pieces = rs.port_pieces(rules);
     let chain = |i: usize| rule_chain(&rules[i].origin, Action::Allow);
     let elements = pieces
         .ports
@@ -324,47 +237,6 @@ fn port_map(rs: &NodeRuleset, rules: &[&AllowRule]) -> (BTreeSet<String>, Option
         })
         .collect();
     (elements, pieces.any.map(chain))
-}
-
-/// The peers of a class's rules that name peers, cut into disjoint pieces of the address
-/// line; each piece lists the rules (indices into `rules`) whose peers hold it. Pieces are
-/// not merged with equal neighbours: a pod's address stays its own element, so a pod
-/// joining is an addition, never a change of an existing element.
-fn peer_pieces(
-    rs: &NodeRuleset,
-    rules: &[&AllowRule],
-    family: Family,
-) -> Vec<(u128, u128, Vec<usize>)> {
-    let mut events: BTreeMap<u128, Vec<(usize, bool)>> = BTreeMap::new();
-    for (i, rule) in rules.iter().enumerate() {
-        for (a, b) in peer_spans(rs, &rule.peers, family) {
-            events.entry(a).or_default().push((i, true));
-            if b < family.max() {
-                events.entry(b + 1).or_default().push((i, false));
-            }
-        }
-    }
-    let mut active: BTreeMap<usize, usize> = BTreeMap::new();
-    let mut pieces = Vec::new();
-    let points: Vec<u128> = events.keys().copied().collect();
-    for (n, point) in points.iter().enumerate() {
-        for &(i, start) in &events[point] {
-            let count = active.entry(i).or_insert(0);
-            if start {
-                *count += 1;
-            } else {
-                *count -= 1;
-                if *count == 0 {
-                    active.remove(&i);
-                }
-            }
-        }
-        if !active.is_empty() {
-            let last = points.get(n + 1).map_or(family.max(), |next| next - 1);
-            pieces.push((*point, last, active.keys().copied().collect()));
-        }
-    }
-    pieces
 }
 
 /// A group of rules that all match a peer: its chain, shared by every class and endpoint
@@ -593,7 +465,7 @@ impl Planner<'_> {
         }
         let mut elements = BTreeSet::new();
         let mut chains: HashMap<Vec<usize>, String> = HashMap::new();
-        for (first, last, group) in peer_pieces(self.rs, named, family) {
+        for (first, last, group) in self.rs.peer_pieces(named, family == Family::V6) {
             let chain = match chains.get(&group) {
                 Some(c) => c.clone(),
                 None => {
@@ -724,7 +596,9 @@ impl Planner<'_> {
             PeerMatch::Set(id) => {
                 for family in families {
                     let name = tier_peer_set(id, *family);
-                    let elements = peer_spans(self.rs, &rule.peers, *family)
+                    let elements = self
+                        .rs
+                        .peer_spans(&rule.peers, *family == Family::V6)
                         .into_iter()
                         .map(|(a, b)| interval_text(a, b, *family))
                         .collect();
@@ -793,6 +667,8 @@ mod tests {
 
 #[cfg(test)]
 mod layout_tests {
+    use palisade_ir::Protocol;
+    use palisade_ir::cidr::addr_to_u128;
     use palisade_ir::eval::{DirectionVerdict, Transport};
     use palisade_ir::{PeerSet, PortRange, PortSet};
     use proptest::prelude::*;
