@@ -215,28 +215,18 @@ mod tests {
         rs.port_sets.insert(web_id.clone(), web);
         rs.endpoints.insert(
             "ns/a".into(),
-            Endpoint {
-                name: "ns/a".into(),
-                ips: vec!["10.0.0.2".parse().unwrap()],
-                ingress: DirectionRules {
-                    isolated: true,
-                    isolated_by: vec!["ns/p".into()],
-                    rules: vec![
-                        AllowRule {
-                            peers: PeerMatch::Set(pods),
-                            ports: PortMatch::Set(web_id),
-                            origin: origin(Direction::Ingress, 0),
-                        },
-                        AllowRule {
-                            peers: PeerMatch::Set(block),
-                            ports: PortMatch::Any,
-                            origin: origin(Direction::Ingress, 1),
-                        },
-                    ],
-                    ..Default::default()
+            crate::fixtures::endpoint_with_ingress(vec![
+                AllowRule {
+                    peers: PeerMatch::Set(pods),
+                    ports: PortMatch::Set(web_id),
+                    origin: origin(Direction::Ingress, 0),
                 },
-                egress: DirectionRules::default(),
-            },
+                AllowRule {
+                    peers: PeerMatch::Set(block),
+                    ports: PortMatch::Any,
+                    origin: origin(Direction::Ingress, 1),
+                },
+            ]),
         );
         rs
     }

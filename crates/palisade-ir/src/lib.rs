@@ -509,3 +509,24 @@ pub trait Dataplane: Send {
         })
     }
 }
+
+/// Fixtures shared by this crate's unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// `ns/a` at 10.0.0.2, its ingress isolated by `ns/p` with `rules`, its egress open.
+    pub fn endpoint_with_ingress(rules: Vec<AllowRule>) -> Endpoint {
+        Endpoint {
+            name: "ns/a".into(),
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            ingress: DirectionRules {
+                isolated: true,
+                isolated_by: vec!["ns/p".into()],
+                rules,
+                ..Default::default()
+            },
+            egress: DirectionRules::default(),
+        }
+    }
+}

@@ -234,21 +234,11 @@ mod tests {
         );
         rs.endpoints.insert(
             "ns/a".into(),
-            Endpoint {
-                name: "ns/a".into(),
-                ips: vec!["10.0.0.2".parse().unwrap()],
-                ingress: DirectionRules {
-                    isolated: true,
-                    isolated_by: vec!["ns/p".into()],
-                    rules: vec![AllowRule {
-                        peers: PeerMatch::Set(set),
-                        ports: PortMatch::Any,
-                        origin: origin(Direction::Ingress),
-                    }],
-                    ..Default::default()
-                },
-                egress: DirectionRules::default(),
-            },
+            crate::fixtures::endpoint_with_ingress(vec![AllowRule {
+                peers: PeerMatch::Set(set),
+                ports: PortMatch::Any,
+                origin: origin(Direction::Ingress),
+            }]),
         );
         rs
     }

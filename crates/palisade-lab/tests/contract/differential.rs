@@ -301,6 +301,16 @@ impl Gen<'_> {
     }
 
     /// One single change; returns what it did.
+    /// One of the world's policies, at random (none when it has none).
+    fn existing_policy(&mut self, w: &World) -> Option<Key> {
+        w.policies
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .choose(&mut self.rng)
+            .cloned()
+    }
+
     fn mutate(&mut self, w: &mut World) -> String {
         loop {
             match self.rng.random_range(0..8) {
@@ -331,28 +341,14 @@ impl Gen<'_> {
                     return format!("add policy {k}");
                 }
                 4 => {
-                    let Some(k) = w
-                        .policies
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .choose(&mut self.rng)
-                        .cloned()
-                    else {
+                    let Some(k) = self.existing_policy(w) else {
                         continue;
                     };
                     w.policies.remove(&k);
                     return format!("delete policy {k}");
                 }
                 5 => {
-                    let Some(old) = w
-                        .policies
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .choose(&mut self.rng)
-                        .cloned()
-                    else {
+                    let Some(old) = self.existing_policy(w) else {
                         continue;
                     };
                     let (k, yaml, p) = self.policy(Some(old.clone()));
