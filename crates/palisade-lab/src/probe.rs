@@ -9,7 +9,11 @@
 //! ports that no UDP probe of the same netns used within [`PORT_REUSE_AFTER`]. And a UDP
 //! probe counts only a reply that echoes its own nonce, so a late answer to an earlier
 //! datagram can never pass for this one. TCP needs neither: a SYN on a closed 5-tuple
-//! starts a new conntrack entry, and a connection answers only its own handshake.
+//! starts a new conntrack entry, and a connection answers only its own handshake. But a TCP
+//! probe closes with a reset ([`close_with_reset`]): an orderly close would leave its
+//! 4-tuple in TIME_WAIT on the prober for 60 s, and a netns with few ephemeral ports (the
+//! differential stress test gives each pod 16) would then fail to connect at all
+//! (EADDRNOTAVAIL), which is the lab's failure, not the dataplane's.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -226,6 +230,13 @@ fn tcp(addr: SocketAddr, timeout: Duration, trace: &mut ProbeTrace) -> ProbeOutc
         Err(e) => return classify(&e),
     };
     trace.source = stream.local_addr().ok();
+    let outcome = read_reply(&mut stream, deadline, trace);
+    close_with_reset(stream);
+    outcome
+}
+
+/// Reads the server's reply within `deadline`.
+fn read_reply(stream: &mut TcpStream, deadline: Instant, trace: &mut ProbeTrace) -> ProbeOutcome {
     let mut buf = [0u8; 256];
     loop {
         let Some(left) = remaining(deadline) else {
@@ -244,6 +255,18 @@ fn tcp(addr: SocketAddr, timeout: Duration, trace: &mut ProbeTrace) -> ProbeOutc
             Err(e) => return classify(&e),
         }
     }
+}
+
+/// Closes a probe's connection with a reset (SO_LINGER 0), so its 4-tuple is free again at
+/// once instead of waiting out TIME_WAIT on the prober (see the module doc). If the option
+/// cannot be set, the close is an orderly one: the probe's outcome stands either way.
+fn close_with_reset(stream: TcpStream) {
+    let reset = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &reset);
+    drop(stream);
 }
 
 /// How many ports a UDP probe tries when the one it got is taken (e.g. by a listener).
@@ -335,7 +358,10 @@ fn echoes(reply: &[u8], nonce: &str) -> bool {
 pub(crate) fn connect_once(addr: SocketAddr, timeout: Duration) -> ConnectTiming {
     let start = Instant::now();
     let outcome = match TcpStream::connect_timeout(&addr, timeout) {
-        Ok(_) => ProbeOutcome::Connected,
+        Ok(stream) => {
+            close_with_reset(stream);
+            ProbeOutcome::Connected
+        }
         Err(e) => classify(&e),
     };
     ConnectTiming {

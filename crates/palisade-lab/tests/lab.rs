@@ -345,13 +345,44 @@ fn node_rules_govern_same_node_and_cross_node_paths() {
 /// would repeat on every probe: every denied probe would connect.
 #[test]
 fn a_udp_probe_never_rides_the_conntrack_entry_of_an_earlier_one() {
-    if !can_run(true) {
+    let Some(traces) = probes_allowed_then_dropped_from_one_ephemeral_port(UDP) else {
         return;
+    };
+    let mut ports = std::collections::BTreeSet::new();
+    for trace in traces {
+        let port = trace.source.expect("a bound socket").port();
+        assert!(palisade_lab::UDP_SOURCE_PORTS.contains(&port), "{port}");
+        assert!(ports.insert(port), "source port {port} used twice");
+    }
+}
+
+/// The same for TCP, where the kernel's single ephemeral port *is* reused by every probe:
+/// each probe must still be a new flow, and must not leave the tuple in TIME_WAIT on the
+/// prober (the next connect would fail with EADDRNOTAVAIL: seen in CI as a probe that
+/// "failed where the engine allows").
+#[test]
+fn tcp_probes_reusing_one_source_port_are_each_a_new_flow() {
+    let Some(traces) = probes_allowed_then_dropped_from_one_ephemeral_port(TCP) else {
+        return;
+    };
+    for trace in traces.iter().filter(|t| t.source.is_some()) {
+        assert_eq!(trace.source.unwrap().port(), 40000, "{trace:?}");
+    }
+}
+
+/// x/a (whose kernel has one ephemeral port, 40000) probes x/b on `service` three times per
+/// family, one probe at a time: all connect; then, with x/b dropped on both nodes, the same
+/// probes all time out. Returns every probe's trace, or `None` when the lab cannot run.
+fn probes_allowed_then_dropped_from_one_ephemeral_port(
+    service: (u16, Protocol),
+) -> Option<Vec<palisade_lab::ProbeTrace>> {
+    if !can_run(true) {
+        return None;
     }
     let spec = LabSpec {
         pods: vec![
             LabPod::new(key("x/a")).on_node(0),
-            LabPod::new(key("x/b")).on_node(1).with_ports([UDP]),
+            LabPod::new(key("x/b")).on_node(1).with_ports([service]),
         ],
         ..LabSpec::default()
     };
@@ -403,7 +434,7 @@ fn a_udp_probe_never_rides_the_conntrack_entry_of_an_earlier_one() {
         .flat_map(|f| {
             let to = lab.pod_ip(&b, f).unwrap();
             (0..3).map(move |_| {
-                ProbeRequest::new(key("x/a"), to, UDP.0, UDP.1)
+                ProbeRequest::new(key("x/a"), to, service.0, service.1)
                     .with_timeout(Duration::from_millis(500))
             })
         })
@@ -431,12 +462,13 @@ fn a_udp_probe_never_rides_the_conntrack_entry_of_an_earlier_one() {
             "rode an old entry: {trace:?}"
         );
     }
-    let mut ports = std::collections::BTreeSet::new();
-    for (_, trace) in allowed.iter().chain(&denied) {
-        let port = trace.source.expect("a bound socket").port();
-        assert!(palisade_lab::UDP_SOURCE_PORTS.contains(&port), "{port}");
-        assert!(ports.insert(port), "source port {port} used twice");
-    }
+    Some(
+        allowed
+            .into_iter()
+            .chain(denied)
+            .map(|(_, trace)| trace)
+            .collect(),
+    )
 }
 
 /// The conformance shape: 9 pods, every pod-to-pod packet dropped on both nodes, so all 72
