@@ -13,10 +13,15 @@
 //!   rule allows; the packet is *counted* on the first matching rule that names its peers,
 //!   or if none does, on the first matching rule that takes any peer (IR order in each).
 //!   Backends look peers up first: a rule for every peer is what is left when none matched.
+//! - The audit tier only reports: a packet it would deny is [`DirectionVerdict::AuditDenied`]
+//!   (allowed) unless the baseline tier decides it (then the baseline's verdict stands, and
+//!   the audit report is not modelled here).
 
 use std::net::IpAddr;
 
-use crate::{Action, DirectionRules, NodeRuleset, PeerMatch, PortMatch, Protocol, RuleOrigin};
+use crate::{
+    Action, AllowRule, DirectionRules, NodeRuleset, PeerMatch, PortMatch, Protocol, RuleOrigin,
+};
 
 /// What the dataplane sees of a packet's transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,11 +44,17 @@ pub enum DirectionVerdict {
     /// Isolated and no rule allowed: the NetworkPolicy tier's default deny, counted on the
     /// endpoint and direction.
     DefaultDeny,
+    /// Not isolated, but policies in audit mode would deny it: allowed, reported and
+    /// counted on the endpoint and direction.
+    AuditDenied,
 }
 
 impl DirectionVerdict {
     pub fn allows(&self) -> bool {
-        matches!(self, DirectionVerdict::Open | DirectionVerdict::Allowed(_))
+        matches!(
+            self,
+            DirectionVerdict::Open | DirectionVerdict::Allowed(_) | DirectionVerdict::AuditDenied
+        )
     }
 }
 
@@ -84,20 +95,16 @@ impl NodeRuleset {
             }
         }
         if rules.isolated {
-            let (named, any): (Vec<_>, Vec<_>) = rules
-                .rules
-                .iter()
-                .partition(|r| matches!(r.peers, PeerMatch::Set(_)));
-            return named
-                .into_iter()
-                .chain(any)
-                .find(|r| {
-                    self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport)
-                })
+            return self
+                .first_allowing(&rules.rules, peer, transport)
                 .map_or(DirectionVerdict::DefaultDeny, |r| {
                     DirectionVerdict::Allowed(r.origin.clone())
                 });
         }
+        let audit_denied = rules
+            .audit
+            .as_ref()
+            .is_some_and(|a| self.first_allowing(&a.rules, peer, transport).is_none());
         for r in &rules.baseline {
             if self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport) {
                 return match r.action {
@@ -106,7 +113,28 @@ impl NodeRuleset {
                 };
             }
         }
-        DirectionVerdict::Open
+        if audit_denied {
+            DirectionVerdict::AuditDenied
+        } else {
+            DirectionVerdict::Open
+        }
+    }
+
+    /// The rule a packet is counted on: the first matching rule naming peers, else the
+    /// first matching rule taking any peer.
+    fn first_allowing<'r>(
+        &self,
+        rules: &'r [AllowRule],
+        peer: IpAddr,
+        transport: Transport,
+    ) -> Option<&'r AllowRule> {
+        let (named, any): (Vec<_>, Vec<_>) = rules
+            .iter()
+            .partition(|r| matches!(r.peers, PeerMatch::Set(_)));
+        named
+            .into_iter()
+            .chain(any)
+            .find(|r| self.peer_matches(&r.peers, &peer) && self.port_matches(&r.ports, transport))
     }
 }
 

@@ -46,6 +46,7 @@
 pub mod cidr;
 mod diff;
 pub mod eval;
+pub mod events;
 pub mod pieces;
 mod reconcile;
 mod recording;
@@ -95,6 +96,7 @@ impl Protocol {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Traffic to the endpoint; the peer is the source.
     Ingress,
@@ -124,14 +126,26 @@ pub struct RuleOrigin {
     pub rule_index: usize,
 }
 
+impl RuleOrigin {
+    /// `namespace/name` of the policy (just `name` for cluster-scoped ones).
+    pub fn policy(&self) -> String {
+        if self.policy_namespace.is_empty() {
+            self.policy_name.clone()
+        } else {
+            format!("{}/{}", self.policy_namespace, self.policy_name)
+        }
+    }
+}
+
 impl fmt::Display for RuleOrigin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.policy_namespace.is_empty() {
-            write!(f, "{}", self.policy_name)?;
-        } else {
-            write!(f, "{}/{}", self.policy_namespace, self.policy_name)?;
-        }
-        write!(f, " {}[{}]", self.direction.as_str(), self.rule_index)
+        write!(
+            f,
+            "{} {}[{}]",
+            self.policy(),
+            self.direction.as_str(),
+            self.rule_index
+        )
     }
 }
 
@@ -299,12 +313,25 @@ pub struct TierRule {
     pub origin: RuleOrigin,
 }
 
+/// NetworkPolicies in audit mode (`palisade.dev/mode: audit`) that would isolate a
+/// direction no enforced policy isolates: a packet none of `rules` matches is reported as
+/// audit-denied, and goes on. (Where an enforced policy isolates, an audited one can only
+/// add allows, which are not enforced: nothing to report, so no audit tier.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AuditTier {
+    /// The audited policies (namespace/name) that would isolate this direction.
+    pub isolated_by: Vec<String>,
+    pub rules: Vec<AllowRule>,
+}
+
 /// One direction of one endpoint, in the order a packet meets the tiers:
 /// 1. `admin`, in order: the first matching rule allows, denies, or passes to step 2;
 /// 2. NetworkPolicy: when `isolated`, a packet some rule of `rules` matches is allowed and
 ///    any other is denied (no rules: deny all); when not isolated, go on to step 3;
-/// 3. `baseline`, in order: the first matching rule allows or denies;
-/// 4. otherwise allowed.
+/// 3. `audit` (only when not isolated): a packet no audit rule matches is reported as
+///    audit-denied; every packet goes on to step 4;
+/// 4. `baseline`, in order: the first matching rule allows or denies;
+/// 5. otherwise allowed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DirectionRules {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -314,6 +341,8 @@ pub struct DirectionRules {
     pub isolated_by: Vec<String>,
     /// The NetworkPolicy tier; empty unless `isolated`.
     pub rules: Vec<AllowRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditTier>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baseline: Vec<TierRule>,
 }
@@ -321,7 +350,7 @@ pub struct DirectionRules {
 impl DirectionRules {
     /// Does any tier judge this direction? If not, the backend needs no check at all.
     pub fn is_filtered(&self) -> bool {
-        self.isolated || !self.admin.is_empty() || !self.baseline.is_empty()
+        self.isolated || !self.admin.is_empty() || self.audit.is_some() || !self.baseline.is_empty()
     }
 
     /// Every peer and port match of every tier, with the origin of its rule.
@@ -330,6 +359,12 @@ impl DirectionRules {
             .iter()
             .map(|r| (&r.peers, &r.ports, &r.origin))
             .chain(self.rules.iter().map(|r| (&r.peers, &r.ports, &r.origin)))
+            .chain(
+                self.audit
+                    .iter()
+                    .flat_map(|a| &a.rules)
+                    .map(|r| (&r.peers, &r.ports, &r.origin)),
+            )
             .chain(
                 self.baseline
                     .iter()
@@ -465,6 +500,9 @@ pub struct Counters {
     pub allowed: BTreeMap<RuleOrigin, Count>,
     /// New connections dropped by default deny, per (endpoint, direction).
     pub default_deny: BTreeMap<(String, Direction), Count>,
+    /// New connections that policies in audit mode would have denied (they passed), per
+    /// (endpoint, direction).
+    pub audit_denied: BTreeMap<(String, Direction), Count>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -506,6 +544,14 @@ pub trait Dataplane: Send {
         Err(DataplaneError::Unsupported {
             backend: self.name(),
             what: "reading counters",
+        })
+    }
+    /// Where the verdict events of this backend arrive (see [`events`]). Only a backend
+    /// built with events on emits them; the source may be opened before the first apply.
+    fn events(&mut self) -> Result<Box<dyn events::EventSource>, DataplaneError> {
+        Err(DataplaneError::Unsupported {
+            backend: self.name(),
+            what: "verdict events",
         })
     }
 }

@@ -136,6 +136,22 @@ impl NodeRuleset {
                 "must name the isolating policies exactly when isolated",
             ));
         }
+        if let Some(audit) = &rules.audit {
+            if rules.isolated {
+                return Err(err(
+                    object,
+                    format!("{d}.audit"),
+                    "an audit tier on a direction enforced policies isolate (it could only add allows, which audit mode does not enforce)",
+                ));
+            }
+            if audit.isolated_by.is_empty() {
+                return Err(err(
+                    object,
+                    format!("{d}.audit.isolated_by"),
+                    "must name the audited policies",
+                ));
+            }
+        }
         if let Some(i) = rules
             .baseline
             .iter()
@@ -161,6 +177,15 @@ impl NodeRuleset {
                 rules
                     .rules
                     .iter()
+                    .map(|r| (&r.peers, &r.ports, &r.origin))
+                    .collect(),
+            ),
+            (
+                "audit.rules",
+                rules
+                    .audit
+                    .iter()
+                    .flat_map(|a| &a.rules)
                     .map(|r| (&r.peers, &r.ports, &r.origin))
                     .collect(),
             ),
@@ -287,6 +312,17 @@ mod tests {
             }),
             ("name", |rs| {
                 rs.endpoints.get_mut("ns/a").unwrap().name = "ns/z".into();
+            }),
+            ("ingress.audit", |rs| {
+                let ingress = &mut rs.endpoints.get_mut("ns/a").unwrap().ingress;
+                ingress.audit = Some(crate::AuditTier {
+                    isolated_by: vec!["ns/audited".into()],
+                    rules: Vec::new(),
+                });
+            }),
+            ("egress.audit.isolated_by", |rs| {
+                let egress = &mut rs.endpoints.get_mut("ns/a").unwrap().egress;
+                egress.audit = Some(crate::AuditTier::default());
             }),
         ];
         for (field, breaker) in cases {
