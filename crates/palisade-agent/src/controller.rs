@@ -336,6 +336,7 @@ mod tests {
             isolates_egress: false,
             ingress: vec![],
             egress: vec![],
+            audit: false,
         })
     }
 

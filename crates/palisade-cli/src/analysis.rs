@@ -341,6 +341,9 @@ fn side_json(side: &SideVerdict) -> Value {
         SideVerdict::HostNetwork => json!({"verdict": "allowed", "reason": "host-network"}),
         SideVerdict::SelfTraffic => json!({"verdict": "allowed", "reason": "self"}),
         SideVerdict::NotIsolated => json!({"verdict": "allowed", "reason": "not-isolated"}),
+        SideVerdict::AuditDenied { audited_by } => json!({
+            "verdict": "audit-denied", "reason": "audited-policy-denies", "auditedBy": keys(audited_by),
+        }),
         SideVerdict::Allowed {
             isolated_by,
             allowed_by,

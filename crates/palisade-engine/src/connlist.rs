@@ -170,9 +170,10 @@ impl<'a> Evaluator<'a> {
                     return out; // §11
                 }
                 for d in Direction::BOTH {
+                    // Connectivity as enforced: policies in audit mode do not isolate.
                     let isolating: Vec<&NetworkPolicy> = state
                         .policies_selecting(&c.rep.key)
-                        .filter(|p| p.isolates(d))
+                        .filter(|p| p.isolates(d) && !p.audit)
                         .collect();
                     if !isolating.is_empty() {
                         out[dir_index(d)] = Some(

@@ -567,11 +567,17 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
     }
 
     fn direction_rules(&mut self, pod: &'a Pod, direction: Direction) -> ir::DirectionRules {
-        let isolating: Vec<&'a NetworkPolicy> = self
+        let (audited, isolating): (Vec<&'a NetworkPolicy>, Vec<&'a NetworkPolicy>) = self
             .state
             .policies_selecting(&pod.key)
             .filter(|p| p.isolates(direction))
-            .collect();
+            .partition(|p| p.audit);
+        // Audited policies matter only where no enforced one isolates (see ir::AuditTier).
+        let audited = if isolating.is_empty() {
+            audited
+        } else {
+            Vec::new()
+        };
         // Pods under the same policies compile alike, unless ingress named ports resolve on
         // them differently: their container ports are part of the key.
         let ports = if direction == Direction::Ingress {
@@ -580,7 +586,11 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
             &[]
         };
         let memo_key = (
-            isolating.iter().map(|p| &p.key).collect::<Vec<_>>(),
+            isolating
+                .iter()
+                .chain(&audited)
+                .map(|p| &p.key)
+                .collect::<Vec<_>>(),
             direction,
             ports,
         );
@@ -593,10 +603,23 @@ impl<'a, 'c> NodeCompiler<'a, 'c> {
                 self.compile_rule(pod, policy, direction, index, rule, &mut rules);
             }
         }
+        let audit = (!audited.is_empty()).then(|| {
+            let mut rules = Vec::new();
+            for policy in &audited {
+                for (index, rule) in policy.rules(direction).iter().enumerate() {
+                    self.compile_rule(pod, policy, direction, index, rule, &mut rules);
+                }
+            }
+            ir::AuditTier {
+                isolated_by: audited.iter().map(|p| p.key.to_string()).collect(),
+                rules,
+            }
+        });
         let done = ir::DirectionRules {
             isolated: !isolating.is_empty(),
             isolated_by: isolating.iter().map(|p| p.key.to_string()).collect(),
             rules,
+            audit,
             // NetworkPolicy fills its own tier only; the admin and baseline tiers are for
             // cluster-scoped policy APIs.
             ..Default::default()

@@ -76,6 +76,9 @@ pub enum SideVerdict {
     SelfTraffic,
     /// No policy selecting the pod isolates this direction: everything is allowed (§1).
     NotIsolated,
+    /// No enforced policy isolates this direction, and these policies in audit mode
+    /// (`palisade.dev/mode: audit`) would deny the flow: allowed, and reported.
+    AuditDenied { audited_by: Vec<Key> },
     /// Isolated by these policies, and allowed by these rules (all of them, sorted).
     Allowed {
         isolated_by: Vec<Key>,
@@ -205,24 +208,37 @@ impl ClusterState {
         };
         let mut isolated_by = Vec::new();
         let mut allowed_by = Vec::new();
+        let mut audited_by = Vec::new();
+        let mut audit_allows = false;
         for policy in self
             .policies_selecting(&pod.key)
             .filter(|p| p.isolates(direction))
         {
-            isolated_by.push(policy.key.clone());
-            for (index, rule) in policy.rules(direction).iter().enumerate() {
-                if rule_peers_match(&policy.key.namespace, rule, peer)
-                    && rule_allows_port(rule, destination, flow.protocol, flow.port)
-                {
-                    allowed_by.push(RuleRef {
-                        policy: policy.key.clone(),
-                        direction,
-                        index,
-                    });
-                }
+            let allows = policy
+                .rules(direction)
+                .iter()
+                .enumerate()
+                .filter(|(_, rule)| {
+                    rule_peers_match(&policy.key.namespace, rule, peer)
+                        && rule_allows_port(rule, destination, flow.protocol, flow.port)
+                })
+                .map(|(index, _)| RuleRef {
+                    policy: policy.key.clone(),
+                    direction,
+                    index,
+                });
+            if policy.audit {
+                audited_by.push(policy.key.clone());
+                audit_allows |= allows.count() > 0;
+            } else {
+                isolated_by.push(policy.key.clone());
+                allowed_by.extend(allows);
             }
         }
         match (isolated_by.is_empty(), allowed_by.is_empty()) {
+            (true, _) if !audited_by.is_empty() && !audit_allows => {
+                SideVerdict::AuditDenied { audited_by }
+            }
             (true, _) => SideVerdict::NotIsolated,
             (false, false) => SideVerdict::Allowed {
                 isolated_by,
@@ -327,6 +343,12 @@ impl fmt::Display for Explanation {
                     "{who} is not isolated for {}: no policy selecting it has {policy_type} \
                      in policyTypes, so all is allowed",
                     label.trim()
+                ),
+                SideVerdict::AuditDenied { audited_by } => format!(
+                    "{who} is not isolated for {} by any enforced policy, so it is allowed; \
+                     {} (audit mode) would deny it: AUDIT-DENIED",
+                    label.trim(),
+                    keys(audited_by)
                 ),
                 SideVerdict::Allowed {
                     isolated_by,

@@ -80,6 +80,9 @@ fn as_ref_side(side: &SideVerdict) -> RefSide {
         SideVerdict::HostNetwork => RefSide::HostNetwork,
         SideVerdict::SelfTraffic => RefSide::SelfTraffic,
         SideVerdict::NotIsolated => RefSide::NotIsolated,
+        SideVerdict::AuditDenied { audited_by } => RefSide::AuditDenied {
+            audited_by: audited_by.iter().cloned().collect(),
+        },
         SideVerdict::Allowed {
             isolated_by,
             allowed_by,

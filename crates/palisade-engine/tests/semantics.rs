@@ -94,6 +94,9 @@ fn engine_side(side: &SideVerdict) -> String {
         SideVerdict::HostNetwork => "host network".into(),
         SideVerdict::SelfTraffic => "self".into(),
         SideVerdict::NotIsolated => "not isolated".into(),
+        SideVerdict::AuditDenied { audited_by } => {
+            format!("audit-denied by {}", join(audited_by.iter()))
+        }
         SideVerdict::Allowed {
             isolated_by,
             allowed_by,
@@ -114,6 +117,9 @@ fn reference_side(side: &RefSide, direction: &str) -> String {
         RefSide::HostNetwork => "host network".into(),
         RefSide::SelfTraffic => "self".into(),
         RefSide::NotIsolated => "not isolated".into(),
+        RefSide::AuditDenied { audited_by } => {
+            format!("audit-denied by {}", join(audited_by.iter()))
+        }
         RefSide::Isolated {
             isolated_by,
             allowed_by,

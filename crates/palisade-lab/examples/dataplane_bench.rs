@@ -291,6 +291,7 @@ fn policy(ns: &str, name: &str) -> NetworkPolicy {
         isolates_egress: false,
         ingress: Vec::new(),
         egress: Vec::new(),
+        audit: false,
     }
 }
 

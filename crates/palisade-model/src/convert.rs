@@ -683,6 +683,12 @@ fn network_policy_in(p: &net::NetworkPolicy, errs: &mut Errors) -> NetworkPolicy
         isolates_egress,
         ingress,
         egress,
+        audit: p
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(crate::types::AUDIT_MODE_ANNOTATION))
+            .is_some_and(|mode| mode == "audit"),
     }
 }
 

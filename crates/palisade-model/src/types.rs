@@ -354,7 +354,14 @@ pub struct NetworkPolicy {
     pub isolates_egress: bool,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
+    /// Annotated `palisade.dev/mode: audit` ([`AUDIT_MODE_ANNOTATION`]): evaluated and
+    /// reported, not enforced. Any other value (or none) enforces: a typo must not open
+    /// what the policy closes.
+    pub audit: bool,
 }
+
+/// The annotation that puts a NetworkPolicy in audit mode (value `audit`).
+pub const AUDIT_MODE_ANNOTATION: &str = "palisade.dev/mode";
 
 impl NetworkPolicy {
     pub fn isolates(&self, direction: Direction) -> bool {

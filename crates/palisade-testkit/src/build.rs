@@ -303,6 +303,7 @@ pub struct PolicyBuilder {
     policy_types: Option<Vec<Direction>>,
     ingress: Vec<Rule>,
     egress: Vec<Rule>,
+    audit: bool,
 }
 
 /// A policy selecting every pod of its namespace (`podSelector: {}`), with no rules and
@@ -314,10 +315,17 @@ pub fn policy(namespace: &str, name: &str) -> PolicyBuilder {
         policy_types: None,
         ingress: Vec::new(),
         egress: Vec::new(),
+        audit: false,
     }
 }
 
 impl PolicyBuilder {
+    /// In audit mode (`palisade.dev/mode: audit`): evaluated and reported, not enforced.
+    pub fn audit(mut self) -> Self {
+        self.audit = true;
+        self
+    }
+
     pub fn select(mut self, selector: LabelSelector) -> Self {
         self.pod_selector = selector;
         self
@@ -357,6 +365,7 @@ impl PolicyBuilder {
             isolates_egress,
             ingress: self.ingress,
             egress: self.egress,
+            audit: self.audit,
         }
     }
 }

@@ -886,6 +886,8 @@ pub mod small {
             isolates_egress,
             ingress,
             egress,
+            // Audit mode now and then: evaluated and reported, never enforced.
+            audit: rng.random_range(0..8) == 0,
         }
     }
 }

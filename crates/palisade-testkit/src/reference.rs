@@ -41,6 +41,9 @@ pub enum RefSide {
     SelfTraffic,
     /// No selecting policy isolates this direction (§1).
     NotIsolated,
+    /// No enforced policy isolates this direction, and these policies in audit mode would
+    /// deny the flow (it passes).
+    AuditDenied { audited_by: BTreeSet<Key> },
     /// Isolated by these policies; these (policy, rule index) allow the flow. Empty
     /// `allowed_by` = denied.
     Isolated {
@@ -363,6 +366,8 @@ impl<'a> World<'a> {
         };
         let mut isolated_by = BTreeSet::new();
         let mut allowed_by = BTreeSet::new();
+        let mut audited_by = BTreeSet::new();
+        let mut audit_allows = false;
         for policy in self.policies {
             let selects = policy.key.namespace == pod.key.namespace
                 && selector_matches(&policy.pod_selector, &pod.labels);
@@ -373,18 +378,27 @@ impl<'a> World<'a> {
             if !selects || !isolates {
                 continue;
             }
-            isolated_by.insert(policy.key.clone());
             let rules = match direction {
                 Direction::Ingress => &policy.ingress,
                 Direction::Egress => &policy.egress,
             };
+            if policy.audit {
+                audited_by.insert(policy.key.clone());
+                audit_allows |= rules
+                    .iter()
+                    .any(|rule| self.rule_matches(&policy.key.namespace, rule, other, q));
+                continue;
+            }
+            isolated_by.insert(policy.key.clone());
             for (index, rule) in rules.iter().enumerate() {
                 if self.rule_matches(&policy.key.namespace, rule, other, q) {
                     allowed_by.insert((policy.key.clone(), index));
                 }
             }
         }
-        if isolated_by.is_empty() {
+        if isolated_by.is_empty() && !audited_by.is_empty() && !audit_allows {
+            RefSide::AuditDenied { audited_by }
+        } else if isolated_by.is_empty() {
             RefSide::NotIsolated
         } else {
             RefSide::Isolated {
