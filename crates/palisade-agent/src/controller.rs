@@ -99,6 +99,7 @@ pub struct Controller {
     health: Arc<Health>,
     counters_read: Option<Instant>,
     counters_every: Duration,
+    events: Option<Arc<crate::events::EventHub>>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -132,12 +133,20 @@ impl Controller {
             health,
             counters_read: None,
             counters_every: COUNTERS_INTERVAL,
+            events: None,
         }
     }
 
     /// How often the dataplane's counters are read into /metrics (default 10 s).
     pub fn with_counters_every(mut self, every: Duration) -> Self {
         self.counters_every = every;
+        self
+    }
+
+    /// Tells `hub` of every ruleset before it is applied, so the events its rules report
+    /// resolve to reasons.
+    pub fn with_event_hub(mut self, hub: Arc<crate::events::EventHub>) -> Self {
+        self.events = Some(hub);
         self
     }
 
@@ -259,6 +268,9 @@ impl Controller {
         let started = Instant::now();
         let desired = self.live.compile_node(&self.node);
         let stats = desired.stats();
+        if let Some(hub) = &self.events {
+            hub.applied(&desired);
+        }
         match self.reconciler.reconcile(desired) {
             Ok(outcome) => {
                 let done = Instant::now();

@@ -15,6 +15,7 @@
 //! [`Dataplane`]: palisade_ir::Dataplane
 
 pub mod controller;
+pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod source;
@@ -70,12 +71,23 @@ pub struct AgentConfig {
     pub counters_every: Duration,
     /// How often a full apply repairs drift (someone editing or flushing the rules).
     pub resync_every: Option<Duration>,
+    /// Read the dataplane's verdict events (it must have been built with them on).
+    pub events: bool,
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
-pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(), AgentError> {
+pub async fn run(config: AgentConfig, mut dataplane: Box<dyn Dataplane>) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
+    // Opened before the first apply, so no report of the first rules is missed.
+    let event_source = if config.events {
+        Some(dataplane.events()?)
+    } else {
+        None
+    };
+    let hub = event_source
+        .as_ref()
+        .map(|_| events::EventHub::new(config.node.clone()));
     let (tx, rx) = std::sync::mpsc::channel();
 
     let mut tasks = Vec::new();
@@ -106,11 +118,12 @@ pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Http { addr, source })?;
-        tracing::info!(%addr, "serving /healthz /readyz /metrics");
+        tracing::info!(%addr, "serving /healthz /readyz /metrics /events");
         tasks.push(tokio::spawn(http::serve(
             listener,
             metrics.clone(),
             health.clone(),
+            hub.clone(),
         )));
     }
 
@@ -124,7 +137,19 @@ pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(
         metrics.clone(),
         health.clone(),
     );
-    let controller = controller.with_counters_every(config.counters_every);
+    let mut controller = controller.with_counters_every(config.counters_every);
+    let (events_stop_tx, events_stop_rx) = std::sync::mpsc::channel::<()>();
+    let mut event_thread = None;
+    if let (Some(source), Some(hub)) = (event_source, &hub) {
+        controller = controller.with_event_hub(hub.clone());
+        let (hub, metrics) = (hub.clone(), metrics.clone());
+        event_thread = Some(
+            std::thread::Builder::new()
+                .name("palisade-events".into())
+                .spawn(move || events::read_events(source, hub, metrics, events_stop_rx))
+                .map_err(|e| AgentError::Controller(e.to_string()))?,
+        );
+    }
     let batch = config.batch;
     let cleanup = config.cleanup_on_exit;
     let controller_thread = std::thread::Builder::new()
@@ -138,6 +163,10 @@ pub async fn run(config: AgentConfig, dataplane: Box<dyn Dataplane>) -> Result<(
         t.abort();
     }
     let _ = stop_tx.send(());
+    let _ = events_stop_tx.send(());
+    if let Some(t) = event_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
     let result = tokio::task::spawn_blocking(move || controller_thread.join())
         .await
         .map_err(|e| AgentError::Controller(e.to_string()))?

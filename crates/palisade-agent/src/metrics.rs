@@ -29,6 +29,14 @@ pub struct Metrics {
     /// New connections dropped by default deny, per local endpoint and direction.
     pub default_deny_packets: Family<EndpointLabels, Gauge>,
     pub uninterpretable_objects: Gauge,
+    /// New connections that audited policies would deny, per local endpoint and direction.
+    pub audit_denied_packets: Family<EndpointLabels, Gauge>,
+    /// Verdict events reported, by verdict and direction.
+    pub verdict_events: Family<KindLabel, Counter>,
+    /// Kernel reports folded into an earlier event of the same connection attempt.
+    pub verdict_retransmissions: Counter,
+    /// From the agent reading a kernel report to its event being written and sent.
+    pub verdict_event_delay: Histogram,
 }
 
 /// One policy rule: bounded by the rules of the policies selecting local pods.
@@ -61,6 +69,10 @@ impl Metrics {
             rule_packets: Family::default(),
             default_deny_packets: Family::default(),
             uninterpretable_objects: Gauge::default(),
+            audit_denied_packets: Family::default(),
+            verdict_events: Family::default(),
+            verdict_retransmissions: Counter::default(),
+            verdict_event_delay: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,7 +136,40 @@ impl Metrics {
             "Stored objects that cannot be fully interpreted, enforced fail-closed",
             m.uninterpretable_objects.clone(),
         );
+        registry.register(
+            "audit_denied_packets",
+            "New connections that policies in audit mode would deny (they passed), per local endpoint and direction",
+            m.audit_denied_packets.clone(),
+        );
+        registry.register(
+            "verdict_events",
+            "Verdict events reported, by verdict and direction",
+            m.verdict_events.clone(),
+        );
+        registry.register(
+            "verdict_event_retransmissions",
+            "Kernel reports folded into an earlier event of the same connection attempt",
+            m.verdict_retransmissions.clone(),
+        );
+        registry.register(
+            "verdict_event_delay_seconds",
+            "From reading a kernel report to its event being written",
+            m.verdict_event_delay.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn verdict_event(
+        &self,
+        verdict: palisade_ir::events::Verdict,
+        direction: palisade_ir::Direction,
+    ) {
+        self.verdict_events
+            .get_or_create(&vec![
+                ("verdict".to_string(), verdict.as_str().to_string()),
+                ("direction".to_string(), direction.as_str().to_string()),
+            ])
+            .inc();
     }
 
     pub fn watch_restart(&self, kind: &str) {
@@ -151,15 +196,18 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(count.packets as i64);
         }
-        self.default_deny_packets.clear();
-        for ((endpoint, direction), count) in &counters.default_deny {
-            let labels = vec![
-                ("endpoint".to_string(), endpoint.clone()),
-                ("direction".to_string(), direction.as_str().to_string()),
-            ];
-            self.default_deny_packets
-                .get_or_create(&labels)
-                .set(count.packets as i64);
+        for (family, counts) in [
+            (&self.default_deny_packets, &counters.default_deny),
+            (&self.audit_denied_packets, &counters.audit_denied),
+        ] {
+            family.clear();
+            for ((endpoint, direction), count) in counts {
+                let labels = vec![
+                    ("endpoint".to_string(), endpoint.clone()),
+                    ("direction".to_string(), direction.as_str().to_string()),
+                ];
+                family.get_or_create(&labels).set(count.packets as i64);
+            }
         }
     }
 

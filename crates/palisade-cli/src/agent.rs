@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use palisade_agent::controller::BatchConfig;
 use palisade_agent::{AgentConfig, SourceConfig};
+use palisade_ir::events::EventConfig;
 
 use crate::dataplane::{Backend, make_dataplane};
 
@@ -65,6 +66,34 @@ pub struct AgentArgs {
     pub cleanup_on_exit: bool,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Report verdict events (denied and audit-denied new connections) as JSON lines on
+    /// stdout and on /events.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub events: bool,
+    /// Also report allowed new connections.
+    #[arg(long)]
+    pub log_allowed: bool,
+    /// Kernel rate limit of events: per second, per endpoint and direction (per rule for
+    /// allowed connections)...
+    #[arg(long, default_value_t = EventConfig::default().rate_per_second)]
+    pub event_rate: u32,
+    /// ...after a burst of this many.
+    #[arg(long, default_value_t = EventConfig::default().burst)]
+    pub event_burst: u32,
+    /// The NFLOG group netfilter backends log into.
+    #[arg(long, default_value_t = EventConfig::default().nflog_group)]
+    pub nflog_group: u16,
+}
+
+impl AgentArgs {
+    fn event_config(&self) -> Option<EventConfig> {
+        self.events.then_some(EventConfig {
+            log_allowed: self.log_allowed,
+            rate_per_second: self.event_rate,
+            burst: self.event_burst,
+            nflog_group: self.nflog_group,
+        })
+    }
 }
 
 pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
@@ -102,8 +131,14 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<ExitCode> {
         counters_every: Duration::from_millis(args.counters_interval_ms.max(100)),
         resync_every: (args.resync_interval_s > 0)
             .then(|| Duration::from_secs(args.resync_interval_s)),
+        events: args.events,
     };
-    let dataplane = make_dataplane(args.backend, args.netns.as_deref(), &args.table);
+    let dataplane = make_dataplane(
+        args.backend,
+        args.netns.as_deref(),
+        &args.table,
+        args.event_config(),
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

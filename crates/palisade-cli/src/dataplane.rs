@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use palisade_conformance::CaseFile;
 use palisade_engine::{ClusterState, Endpoint, Flow};
+use palisade_ir::events::EventConfig;
 use palisade_ir::{Dataplane, NodeRuleset};
 use palisade_lab::enforce::{Enforcer, LabProber};
 use palisade_lab::{Lab, LabPod, LabSpec};
@@ -27,8 +28,13 @@ pub enum Backend {
 }
 
 /// Builds a backend that applies inside `netns` (None = this process's namespace).
-/// `table` names the kernel objects the backend owns.
-pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box<dyn Dataplane> {
+/// `table` names the kernel objects the backend owns; `events` turns verdict events on.
+pub fn make_dataplane(
+    backend: Backend,
+    netns: Option<&str>,
+    table: &str,
+    events: Option<EventConfig>,
+) -> Box<dyn Dataplane> {
     match backend {
         Backend::Nft => {
             let exec = match netns {
@@ -37,6 +43,7 @@ pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box
             };
             let config = palisade_nft::Config {
                 table: table.to_string(),
+                events,
             };
             Box::new(NftDataplane::new(exec, config))
         }
@@ -56,6 +63,7 @@ pub fn render_dry_run(
             ruleset,
             &palisade_nft::Config {
                 table: table.to_string(),
+                events: None,
             },
         )),
     }
@@ -105,7 +113,7 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
             print!("{}", render_dry_run(backend, &ruleset, &args.table)?);
         }
         backend => {
-            let mut dp = make_dataplane(backend, args.netns.as_deref(), &args.table);
+            let mut dp = make_dataplane(backend, args.netns.as_deref(), &args.table, None);
             let report = dp.apply_full(&ruleset)?;
             println!(
                 "applied ({} operations) {}",
@@ -187,7 +195,7 @@ pub fn lab_conformance(args: &LabConformanceArgs) -> anyhow::Result<ExitCode> {
     let mut cases_done = 0;
     for family in &families {
         let enforcer = Enforcer::new(&lab, |i| {
-            make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade")
+            make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade", None)
         });
         let nodes = enforcer.node_of_pods(&file.pods);
         let addresses = enforcer.addresses(&file.pods, *family);
@@ -450,7 +458,7 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         state.upsert_pod(pod);
     }
     let mut enforcer = Enforcer::new(&lab, |i| {
-        make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade")
+        make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade", None)
     });
     let timeout = Duration::from_millis(800);
     let mut all_match = true;

@@ -175,6 +175,11 @@ impl Reconciler {
         self.dataplane.counters()
     }
 
+    /// The backend's verdict events ([`Dataplane::events`]).
+    pub fn events(&mut self) -> Result<Box<dyn crate::events::EventSource>, DataplaneError> {
+        self.dataplane.events()
+    }
+
     /// Removes everything the backend installed; the next reconcile starts from scratch.
     pub fn remove(&mut self) -> Result<(), DataplaneError> {
         self.dataplane.remove()?;

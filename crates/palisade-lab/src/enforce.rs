@@ -104,6 +104,19 @@ impl<'a> Enforcer<'a> {
         })
     }
 
+    /// Node `i`'s verdict events (its backend must have been built with them on).
+    pub fn events(
+        &mut self,
+        i: usize,
+    ) -> Result<Box<dyn palisade_ir::events::EventSource>, DataplaneError> {
+        self.nodes[i].events()
+    }
+
+    /// Node `i`'s packet counters.
+    pub fn counters(&mut self, i: usize) -> Result<palisade_ir::Counters, DataplaneError> {
+        self.nodes[i].counters()
+    }
+
     /// Removes every node's rules.
     pub fn remove(&mut self) -> Result<(), DataplaneError> {
         self.nodes.iter_mut().try_for_each(Reconciler::remove)

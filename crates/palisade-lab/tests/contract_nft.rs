@@ -41,6 +41,15 @@ const NFT: BackendUnderTest = BackendUnderTest {
             .run("delete table inet palisade\n")
             .expect("delete the table behind the backend's back");
     },
+    make_with_events: Some(|netns, events| -> Box<dyn Dataplane> {
+        Box::new(NftDataplane::new(
+            SystemNft::in_netns(netns),
+            Config {
+                events: Some(events),
+                ..Config::default()
+            },
+        ))
+    }),
 };
 
 #[test]
@@ -66,6 +75,11 @@ fn nft_atomic_under_large_updates() {
 #[test]
 fn nft_failed_apply_keeps_previous() {
     contract::failed_apply_keeps_previous(&NFT);
+}
+
+#[test]
+fn nft_verdict_events_name_the_engine_reason() {
+    contract::events::events_name_the_engine_reason(&NFT);
 }
 
 #[test]

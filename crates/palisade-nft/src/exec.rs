@@ -1,6 +1,7 @@
 //! The one seam to the kernel: a script goes in, nft's output comes out. [`SystemNft`] runs
 //! the real `nft`; [`FakeNft`] records scripts for tests.
 
+use palisade_ir::events::EventSource;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -21,6 +22,8 @@ pub enum NftError {
         status: String,
         stderr: String,
     },
+    #[error("verdict events: {0}")]
+    Events(String),
 }
 
 /// Runs nft scripts. Every script is one transaction: it applies whole or not at all.
@@ -31,6 +34,13 @@ pub trait NftExecutor {
     /// `nft list table inet TABLE`, through [`NftExecutor::run`].
     fn list_table(&mut self, table: &str) -> Result<String, NftError> {
         self.run(&format!("list table inet {table}\n"))
+    }
+
+    /// A reader of NFLOG `group` in the namespace the scripts run in.
+    fn open_events(&mut self, group: u16) -> Result<Box<dyn EventSource>, NftError> {
+        Err(NftError::Events(format!(
+            "this executor cannot read NFLOG group {group}"
+        )))
     }
 }
 
@@ -139,6 +149,12 @@ fn finish(command: String, out: std::process::Output) -> Result<String, NftError
 impl NftExecutor for SystemNft {
     fn run(&mut self, script: &str) -> Result<String, NftError> {
         self.run_script(&["-f", "-"], script)
+    }
+
+    fn open_events(&mut self, group: u16) -> Result<Box<dyn EventSource>, NftError> {
+        palisade_nflog::NflogSource::open(self.netns.as_deref(), group)
+            .map(|s| Box::new(s) as Box<dyn EventSource>)
+            .map_err(|e| NftError::Events(e.to_string()))
     }
 
     fn list_table(&mut self, table: &str) -> Result<String, NftError> {

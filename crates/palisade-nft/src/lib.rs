@@ -43,8 +43,10 @@ mod render;
 
 use std::collections::BTreeSet;
 
+use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
-    ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff, SetId,
+    ApplyReport, Count, Counters, Dataplane, DataplaneError, Direction, NodeRuleset, RulesetDiff,
+    SetId,
 };
 
 pub use canonical::canonical_listing;
@@ -56,21 +58,25 @@ use plan::{CounterOwner, Plan, Planner};
 pub struct Config {
     /// Name of the `inet` table this backend owns (and replaces wholesale).
     pub table: String,
+    /// Verdict events through NFLOG (see [`palisade_ir::events`]); `None`: no logging.
+    pub events: Option<EventConfig>,
 }
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             table: "palisade".to_string(),
+            events: None,
         }
     }
 }
 
-fn plan_of(rs: &NodeRuleset) -> Plan {
+fn plan_of(rs: &NodeRuleset, config: &Config) -> Plan {
     Planner {
         rs,
         reuse: None,
         changed_sets: &BTreeSet::new(),
+        events: config.events,
     }
     .plan()
 }
@@ -78,13 +84,18 @@ fn plan_of(rs: &NodeRuleset) -> Plan {
 /// The whole table as one `nft -f` script: it creates the table if missing, deletes it and
 /// re-creates it with every object, in one transaction. Deterministic.
 pub fn render_full(desired: &NodeRuleset, config: &Config) -> String {
-    render::full(&plan_of(desired), &desired.node, &config.table).text
+    render::full(&plan_of(desired, config), &desired.node, &config.table).text
 }
 
 /// One `nft -f` transaction that moves a table holding `current` to `desired`, touching
 /// only what changed. Empty when nothing changed.
 pub fn render_update(current: &NodeRuleset, desired: &NodeRuleset, config: &Config) -> String {
-    render::update(&plan_of(current), &plan_of(desired), &config.table).text
+    render::update(
+        &plan_of(current, config),
+        &plan_of(desired, config),
+        &config.table,
+    )
+    .text
 }
 
 /// Deletes the table if it exists, in one transaction that never fails on a missing table.
@@ -143,7 +154,21 @@ impl<E: NftExecutor> NftDataplane<E> {
         rs.validate().map_err(|source| DataplaneError::Invalid {
             backend: BACKEND,
             source,
-        })
+        })?;
+        // The audit tier accepts what it matches (plan.rs), which would skip a baseline.
+        let audit_beside_baseline = rs.endpoints.values().any(|ep| {
+            Direction::BOTH.iter().any(|d| {
+                let rules = ep.direction(*d);
+                rules.audit.is_some() && !rules.baseline.is_empty()
+            })
+        });
+        if audit_beside_baseline {
+            return Err(DataplaneError::Unsupported {
+                backend: BACKEND,
+                what: "an audit tier beside a baseline tier",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -163,7 +188,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
     fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
         let action = format!("full apply of table inet {}", self.config.table);
         self.check(desired, &action)?;
-        let plan = plan_of(desired);
+        let plan = plan_of(desired, &self.config);
         let script = render::full(&plan, &desired.node, &self.config.table);
         self.executor
             .run(&script.text)
@@ -183,7 +208,10 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
     ) -> Result<ApplyReport, DataplaneError> {
         let action = format!("update of table inet {}", self.config.table);
         self.check(desired, &action)?;
-        let old = self.applied.take().unwrap_or_else(|| plan_of(current));
+        let old = self
+            .applied
+            .take()
+            .unwrap_or_else(|| plan_of(current, &self.config));
         let changed_sets: BTreeSet<SetId> = diff
             .peer_set_members
             .keys()
@@ -194,6 +222,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
             rs: desired,
             reuse: Some(&old),
             changed_sets: &changed_sets,
+            events: self.config.events,
         }
         .plan();
         let script = render::update(&old, &new, &self.config.table);
@@ -246,6 +275,18 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
             .map_err(|e| failed(&action, e.to_string()))
     }
 
+    fn events(&mut self) -> Result<Box<dyn EventSource>, DataplaneError> {
+        let Some(events) = self.config.events else {
+            return Err(DataplaneError::Unsupported {
+                backend: BACKEND,
+                what: "verdict events on a backend configured without them",
+            });
+        };
+        self.executor
+            .open_events(events.nflog_group)
+            .map_err(|e| failed("opening verdict events", e.to_string()))
+    }
+
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
         let action = format!("reading the counters of table inet {}", self.config.table);
         let Some(plan) = &self.applied else {
@@ -265,6 +306,9 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
                 }
                 Some(CounterOwner::DefaultDeny(endpoint, direction)) => {
                     counters.default_deny.insert((endpoint, direction), count);
+                }
+                Some(CounterOwner::AuditDenied(endpoint, direction)) => {
+                    counters.audit_denied.insert((endpoint, direction), count);
                 }
                 None => {}
             }

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use palisade_ir::cidr::u128_to_addr;
+use palisade_ir::events::{EventConfig, EventTag};
 use palisade_ir::{
     Action, AllowRule, Direction, DirectionRules, Endpoint, NodeRuleset, PeerMatch, PortMatch,
     RuleOrigin, SetId, TierRule,
@@ -80,6 +81,8 @@ pub(crate) enum CounterOwner {
     Rule(RuleOrigin),
     /// Default-deny drops of an endpoint's direction.
     DefaultDeny(String, Direction),
+    /// New connections of an endpoint's direction that audited policies would deny.
+    AuditDenied(String, Direction),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +285,19 @@ pub(crate) struct Planner<'a> {
     pub reuse: Option<&'a Plan>,
     /// Peer sets whose members changed since `reuse` was built.
     pub changed_sets: &'a BTreeSet<SetId>,
+    /// Log verdict events (NFLOG, rate-limited in each logging rule).
+    pub events: Option<EventConfig>,
+}
+
+/// `limit rate ... log group G prefix "<tag>"`: the rule's own limit state makes the rate
+/// per chain, i.e. per endpoint and direction for drops, per rule for allows.
+fn log_statement(events: &EventConfig, tag: EventTag) -> String {
+    format!(
+        "limit rate {}/second burst {} packets log prefix \"{tag}\" group {}",
+        events.rate_per_second.max(1),
+        events.burst.max(1),
+        events.nflog_group
+    )
 }
 
 impl Planner<'_> {
@@ -363,15 +379,32 @@ impl Planner<'_> {
         }
         let mut counter = None;
         if rules.isolated {
-            self.network_policy_tier(plan, &families, direction, rules, &mut body);
+            self.network_policy_tier(plan, &families, direction, &rules.rules, &mut body);
             let deny = if rules.isolated_by.is_empty() {
                 "default deny".to_string()
             } else {
                 format!("default deny: {}", rules.isolated_by.join(", "))
             };
+            if let Some(events) = &self.events {
+                body.push(log_statement(events, EventTag::denied(&ep.name, direction)));
+            }
             body.push(format!("counter drop comment {}", comment(&deny)));
             counter = Some(CounterOwner::DefaultDeny(ep.name.clone(), direction));
         } else {
+            if let Some(audit) = &rules.audit {
+                // What the audited policies allow is accepted here, which skips the
+                // baseline tier: NftDataplane refuses an audit tier beside a baseline one.
+                self.network_policy_tier(plan, &families, direction, &audit.rules, &mut body);
+                if let Some(events) = &self.events {
+                    body.push(log_statement(
+                        events,
+                        EventTag::audit_denied(&ep.name, direction),
+                    ));
+                }
+                let label = format!("audit-denied: {}", audit.isolated_by.join(", "));
+                body.push(format!("counter comment {}", comment(&label)));
+                counter = Some(CounterOwner::AuditDenied(ep.name.clone(), direction));
+            }
             for r in &rules.baseline {
                 self.tier_rule(plan, &families, direction, r, &rest, &mut body);
             }
@@ -401,15 +434,14 @@ impl Planner<'_> {
         plan: &mut Plan,
         families: &BTreeSet<Family>,
         direction: Direction,
-        rules: &DirectionRules,
+        rules: &[AllowRule],
         body: &mut Vec<String>,
     ) {
-        let class = class_id(direction, &rules.rules);
+        let class = class_id(direction, rules);
         let (named, any): (Vec<&AllowRule>, Vec<&AllowRule>) = rules
-            .rules
             .iter()
             .partition(|r| matches!(r.peers, PeerMatch::Set(_)));
-        for r in &rules.rules {
+        for r in rules {
             self.rule_chain(plan, &r.origin, Action::Allow);
         }
         let field = peer_field(direction);
@@ -533,14 +565,21 @@ impl Planner<'_> {
             } else {
                 "accept"
             };
+            let mut rules = Vec::new();
+            if let Some(events) = self.events.as_ref().filter(|e| e.log_allowed)
+                && action == Action::Allow
+            {
+                rules.push(log_statement(events, EventTag::allowed(origin)));
+            }
+            rules.push(format!(
+                "counter {verdict} comment {}",
+                comment(&origin.to_string())
+            ));
             plan.chains.insert(
                 name.clone(),
                 Arc::new(ChainDef {
                     comment: comment(&origin.to_string()),
-                    rules: vec![format!(
-                        "counter {verdict} comment {}",
-                        comment(&origin.to_string())
-                    )],
+                    rules,
                     counter: Some(CounterOwner::Rule(origin.clone())),
                 }),
             );
@@ -828,7 +867,7 @@ mod layout_tests {
         fn the_layout_agrees_with_the_executable_meaning((mut rs, rules) in rules_strategy(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
             let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules, ..Default::default() };
             rs.endpoints.insert("ns/a".into(), Endpoint { name: "ns/a".into(), ips: vec![IpAddr::from([10, 1, 0, 1])], ingress: direction.clone(), egress: Default::default() });
-            let plan = Planner { rs: &rs, reuse: None, changed_sets: &BTreeSet::new() }.plan();
+            let plan = Planner { rs: &rs, reuse: None, changed_sets: &BTreeSet::new(), events: None }.plan();
             let transport = if proto == 3 { Transport::Other } else { Transport::Port(Protocol::ALL[proto], port) };
             let ip = IpAddr::from([10, 0, 0, peer]);
             let expected = match rs.judge(&direction, ip, transport) {

@@ -198,6 +198,7 @@ fn invalid_rulesets_never_reach_nft() {
         FakeNft::new(),
         Config {
             table: "bad name".to_string(),
+            ..Config::default()
         },
     );
     assert!(dp.apply_full(&Default::default()).is_err());

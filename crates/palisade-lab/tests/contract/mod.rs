@@ -12,12 +12,15 @@
 //! - [`drift_is_repaired`]: someone deleting the backend's rules is undone by the
 //!   reconciler's periodic full apply within a bounded time.
 //!
+//! - [`events`]: verdict events name the engine's reason; audit mode reports and never
+//!   drops; the kernel rate-limits a flood.
 //! - [`differential`]: random worlds, every probe equal to the engine's verdict, and its
 //!   stress variant under CPU load.
 
 #![allow(dead_code)]
 
 pub mod differential;
+pub mod events;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use palisade_conformance::{CaseFile, run};
 use palisade_engine::ClusterState;
+use palisade_ir::events::EventConfig;
 use palisade_ir::{
     AllowRule, Dataplane, Direction, DirectionRules, Endpoint, NodeRuleset, PeerMatch, PeerSet,
     PortMatch, PortRange, PortSet, Protocol as IrProtocol, Reconciler, ReconcilerConfig,
@@ -53,6 +57,9 @@ pub struct BackendUnderTest {
     pub make_failing: fn(netns: &str) -> Box<dyn Dataplane>,
     /// Deletes what the backend installed in `netns`, behind its back (drift).
     pub tamper: fn(netns: &str),
+    /// A dataplane reporting verdict events; `None` fails [`events`]' test: every backend
+    /// must have them (issue 14).
+    pub make_with_events: Option<fn(netns: &str, events: EventConfig) -> Box<dyn Dataplane>>,
 }
 
 fn upstream() -> CaseFile {
