@@ -45,6 +45,11 @@ pub struct ReadArgs {
         default_value = "strict"
     )]
     pub validate: FieldValidation,
+    /// Analyse as if the policies in audit mode (annotated `palisade.dev/mode: audit`)
+    /// were enforced: what enforcing them would change. Without it, they are evaluated as
+    /// the agent does (not enforced; `explain` reports what they would deny).
+    #[arg(long)]
+    pub audit: bool,
 }
 
 impl ReadArgs {
@@ -155,8 +160,29 @@ pub enum ConnlistFormat {
 
 #[derive(Debug, Args)]
 pub struct LintArgs {
+    /// Manifest file or folder (recursive); `-` reads stdin. Repeatable.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "PATH",
+        required_unless_present = "live"
+    )]
+    pub paths: Vec<PathBuf>,
     #[command(flatten)]
-    pub input: InputArgs,
+    pub read: ReadArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Instead of manifests: the rules a running agent (--agent) enforces that allowed no
+    /// new connection over --period, as candidates for removal.
+    #[arg(long, requires = "agent", conflicts_with = "paths")]
+    pub live: bool,
+    /// The agent's HTTP address, e.g. http://127.0.0.1:9464 (with --live).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// How long to watch the counters, in seconds (with --live).
+    #[arg(long, default_value_t = 60)]
+    pub period: u64,
 }
 
 #[derive(Debug, Args)]
@@ -199,7 +225,24 @@ pub fn load_state(paths: &[PathBuf], read: &ReadArgs) -> anyhow::Result<(Cluster
     if loaded.objects.is_empty() {
         bail!("{}", no_objects(paths, &loaded));
     }
-    let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
+    let state = if read.audit {
+        let enforced: Vec<palisade_model::Object> = loaded
+            .objects
+            .iter()
+            .map(|(_, o)| match o {
+                palisade_model::Object::NetworkPolicy(p) => {
+                    palisade_model::Object::NetworkPolicy(palisade_model::NetworkPolicy {
+                        audit: false,
+                        ..p.clone()
+                    })
+                }
+                other => other.clone(),
+            })
+            .collect();
+        ClusterState::from_objects(&enforced)
+    } else {
+        ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o))
+    };
     Ok((state, loaded))
 }
 
@@ -468,11 +511,14 @@ pub fn connlist(args: &ConnlistArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn lint(args: &LintArgs) -> anyhow::Result<ExitCode> {
+    if let (true, Some(agent)) = (args.live, &args.agent) {
+        return crate::live::lint_live(agent, std::time::Duration::from_secs(args.period));
+    }
     // Invalid objects (e.g. an except outside its cidr) are findings too, so lint reports
     // them instead of stopping.
-    let loaded = read_inputs(&args.input.paths, &args.input.read);
+    let loaded = read_inputs(&args.paths, &args.read);
     if loaded.is_ok() && loaded.objects.is_empty() {
-        bail!("{}", no_objects(&args.input.paths, &loaded));
+        bail!("{}", no_objects(&args.paths, &loaded));
     }
     let state = ClusterState::from_objects(loaded.objects.iter().map(|(_, o)| o));
     let findings = palisade_engine::lint::lint(&state);
@@ -483,7 +529,7 @@ pub fn lint(args: &LintArgs) -> anyhow::Result<ExitCode> {
             "policy": f.policy.to_string(), "field": f.field, "kind": f.kind.as_str(), "message": f.message,
         })).collect::<Vec<_>>(),
     });
-    if !structured(args.input.output, &value)? {
+    if !structured(args.output, &value)? {
         for e in &errors {
             println!("error: {e}");
         }

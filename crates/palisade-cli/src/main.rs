@@ -13,6 +13,7 @@ mod analysis;
 mod dataplane;
 mod diff;
 mod graph;
+mod live;
 mod output;
 
 use std::process::ExitCode;
@@ -55,6 +56,10 @@ enum Command {
     Demo(dataplane::DemoArgs),
     /// Run the node agent: watch the cluster, enforce for this node's pods.
     Agent(agent::AgentArgs),
+    /// Follow a running agent's verdict events (like `kubectl logs -f`).
+    Events(live::EventsArgs),
+    /// A running agent's busiest allowing rules and most-dropping endpoints.
+    Top(live::TopArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
         Command::Lab(LabCommand::Down) => dataplane::lab_down(),
         Command::Demo(a) => dataplane::demo(&a),
         Command::Agent(a) => agent::agent(&a),
+        Command::Events(a) => live::events(&a),
+        Command::Top(a) => live::top(&a),
     };
     match result {
         Ok(code) => code,
