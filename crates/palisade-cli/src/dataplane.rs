@@ -50,6 +50,43 @@ pub fn make_dataplane(
     }
 }
 
+/// Probes `flow` once more and returns its verdict event as `palisade events` prints it
+/// (reports of the matrix probes before it are discarded).
+fn denied_flow_event(
+    lab: &Lab,
+    enforcer: &Enforcer<'_>,
+    sources: &mut [Box<dyn palisade_ir::events::EventSource>],
+    flow: &Flow,
+    args: &DemoArgs,
+) -> anyhow::Result<Option<String>> {
+    for s in sources.iter_mut() {
+        s.recv(Duration::from_millis(50))?;
+    }
+    let (Endpoint::Pod(src), Endpoint::Pod(dst)) = (&flow.src, &flow.dst) else {
+        return Ok(None);
+    };
+    let (Some(from), Some(to)) = (lab.pod_ip(src, args.family), lab.pod_ip(dst, args.family))
+    else {
+        return Ok(None);
+    };
+    let request = palisade_lab::ProbeRequest::new(src.clone(), to, flow.port, flow.protocol)
+        .with_timeout(Duration::from_millis(800));
+    lab.probe_many_traced(std::slice::from_ref(&request));
+    for (i, s) in sources.iter_mut().enumerate() {
+        let Some(report) = s.recv(Duration::from_millis(300))?.into_iter().find(|e| {
+            (e.packet.src, e.packet.dst, e.packet.dst_port) == (from, to, Some(flow.port))
+        }) else {
+            continue;
+        };
+        let hub = palisade_agent::events::EventHub::new(lab.node_names()[i].clone());
+        if let Some(rs) = enforcer.applied(i) {
+            hub.applied(rs);
+        }
+        return Ok(Some(crate::live::event_line(&hub.resolve(&report, 1))));
+    }
+    Ok(None)
+}
+
 /// What `apply --dry-run` prints: the backend's full transaction for `ruleset`, with the
 /// counters in it (one per policy rule, one per endpoint's default deny).
 pub fn render_dry_run(
@@ -458,8 +495,16 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         state.upsert_pod(pod);
     }
     let mut enforcer = Enforcer::new(&lab, |i| {
-        make_dataplane(args.backend, Some(lab.node_netns(i)), "palisade", None)
+        make_dataplane(
+            args.backend,
+            Some(lab.node_netns(i)),
+            "palisade",
+            Some(EventConfig::default()),
+        )
     });
+    let mut event_sources = (0..lab.node_count())
+        .map(|i| enforcer.events(i))
+        .collect::<Result<Vec<_>, _>>()?;
     let timeout = Duration::from_millis(800);
     let mut all_match = true;
     let mut show =
@@ -560,6 +605,11 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             family: Some(args.family),
         };
         println!("\nWhy is {src} -> {dst} denied?\n{}", state.explain(&flow)?);
+        if let Some(line) = denied_flow_event(&lab, &enforcer, &mut event_sources, &flow, args)? {
+            println!(
+                "What the dataplane reported when it dropped it (as `palisade events` shows it):\n  {line}"
+            );
+        }
     }
     enforcer.remove()?;
     lab.destroy()?;
