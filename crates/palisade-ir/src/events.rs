@@ -213,7 +213,9 @@ impl ReasonIndex {
                         },
                     );
                 }
-                for r in &rules.rules {
+                // Rules of an audit tier allow too (what they match passes silently).
+                let audit_rules = rules.audit.iter().flat_map(|a| &a.rules);
+                for r in rules.rules.iter().chain(audit_rules) {
                     reasons.insert(
                         EventTag::allowed(&r.origin),
                         Reason {

@@ -86,35 +86,34 @@ impl NflogSource {
         let _ = self.socket.set_rx_buf_sz(RECEIVE_BUFFER);
         // Deliver at once: events are read as they happen, not in batches.
         let flush: Timeout = Duration::from_millis(0).into();
-        for (family, nlas) in [(
+        let request = config_request(
             NetfilterProtoFamily::Unspec,
+            group,
             vec![
                 ConfigCmd::Bind.into(),
                 ConfigMode::new_packet(COPY_RANGE).into(),
                 flush.into(),
             ],
-        )] {
-            let request = config_request(family, group, nlas);
-            let mut buf = vec![0; request.header.length as usize];
-            request.serialize(&mut buf);
-            self.socket
-                .send(&buf, 0)
-                .map_err(|e| NflogError::socket(group, "configure", e))?;
-            let n = self
-                .socket
-                .recv(&mut &mut self.buffer[..], 0)
-                .map_err(|e| NflogError::socket(group, "configure", e))?;
-            let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buffer[..n])
-                .map_err(|e| NflogError::socket(group, "configure", e))?;
-            if let NetlinkPayload::Error(e) = reply.payload
-                && e.code.is_some()
-            {
-                return Err(NflogError::socket(
-                    group,
-                    "bind (is another reader bound to this group?)",
-                    format!("{e:?}"),
-                ));
-            }
+        );
+        let mut buf = vec![0; request.header.length as usize];
+        request.serialize(&mut buf);
+        self.socket
+            .send(&buf, 0)
+            .map_err(|e| NflogError::socket(group, "configure", e))?;
+        let n = self
+            .socket
+            .recv(&mut &mut self.buffer[..], 0)
+            .map_err(|e| NflogError::socket(group, "configure", e))?;
+        let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buffer[..n])
+            .map_err(|e| NflogError::socket(group, "configure", e))?;
+        if let NetlinkPayload::Error(e) = reply.payload
+            && e.code.is_some()
+        {
+            return Err(NflogError::socket(
+                group,
+                "bind (is another reader bound to this group?)",
+                format!("{e:?}"),
+            ));
         }
         Ok(())
     }

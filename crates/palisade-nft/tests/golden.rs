@@ -5,7 +5,34 @@ mod common;
 
 use std::path::PathBuf;
 
+use palisade_ir::NodeRuleset;
+use palisade_ir::events::EventConfig;
 use palisade_nft::{Config, render_full};
+
+/// Fixtures rendered with verdict events on (allowed connections too), as `<name>.events`.
+const WITH_EVENTS: [&str; 2] = ["allow_from_selector_port_range", "audit_mode"];
+
+/// Every golden file's name, ruleset and backend configuration.
+fn renders() -> Vec<(String, NodeRuleset, Config)> {
+    let mut out: Vec<(String, NodeRuleset, Config)> = common::fixtures()
+        .into_iter()
+        .map(|(name, rs)| (name.to_string(), rs, Config::default()))
+        .collect();
+    for (name, rs) in common::fixtures() {
+        if WITH_EVENTS.contains(&name) {
+            let events = EventConfig {
+                log_allowed: true,
+                ..EventConfig::default()
+            };
+            let config = Config {
+                events: Some(events),
+                ..Config::default()
+            };
+            out.push((format!("{name}.events"), rs, config));
+        }
+    }
+    out
+}
 
 fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,15 +44,15 @@ fn golden_path(name: &str) -> PathBuf {
 fn golden_files_match() {
     let update = std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1");
     let mut failures = Vec::new();
-    for (name, rs) in common::fixtures() {
+    for (name, rs, config) in renders() {
         rs.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
-        let rendered = render_full(&rs, &Config::default());
+        let rendered = render_full(&rs, &config);
         assert_eq!(
             rendered,
-            render_full(&rs, &Config::default()),
+            render_full(&rs, &config),
             "{name}: not deterministic"
         );
-        let path = golden_path(name);
+        let path = golden_path(&name);
         if update {
             std::fs::write(&path, &rendered).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             continue;
@@ -49,17 +76,18 @@ fn golden_files_match() {
 
 #[test]
 fn no_stray_golden_files() {
-    let names: Vec<&str> = common::fixtures().iter().map(|(n, _)| *n).collect();
+    let names: Vec<String> = renders().into_iter().map(|(n, _, _)| n).collect();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     for entry in std::fs::read_dir(&dir).expect("golden dir") {
         let path = entry.expect("dir entry").path();
         let stem = path
-            .file_stem()
+            .file_name()
             .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_suffix(".nft"))
             .unwrap_or_default()
             .to_string();
         assert!(
-            names.contains(&stem.as_str()),
+            names.contains(&stem),
             "{}: no fixture renders it",
             path.display()
         );
@@ -75,8 +103,8 @@ fn golden_files_pass_nft_check() {
     }
     let ns = common::Netns::new();
     let nft = ns.nft();
-    for (name, _) in common::fixtures() {
-        let script = std::fs::read_to_string(golden_path(name)).expect("golden file");
+    for (name, _, _) in renders() {
+        let script = std::fs::read_to_string(golden_path(&name)).expect("golden file");
         nft.check(&script).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
     let all = render_full(&common::combined(), &Config::default());

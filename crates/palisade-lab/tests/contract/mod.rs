@@ -59,8 +59,11 @@ pub struct BackendUnderTest {
     pub tamper: fn(netns: &str),
     /// A dataplane reporting verdict events; `None` fails [`events`]' test: every backend
     /// must have them (issue 14).
-    pub make_with_events: Option<fn(netns: &str, events: EventConfig) -> Box<dyn Dataplane>>,
+    pub make_with_events: Option<MakeWithEvents>,
 }
+
+/// Builds a dataplane inside `netns` that reports verdict events as `events` says.
+pub type MakeWithEvents = fn(netns: &str, events: EventConfig) -> Box<dyn Dataplane>;
 
 fn upstream() -> CaseFile {
     let path = concat!(

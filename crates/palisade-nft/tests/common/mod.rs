@@ -275,6 +275,19 @@ impl Rs {
         self
     }
 
+    /// Puts what `isolate` and `allow` built for `ep`'s direction `d` in audit mode: the
+    /// same policies and rules, as an audit tier (reported, not enforced).
+    pub fn in_audit_mode(mut self, ep: &str, d: Direction) -> Rs {
+        let rules = self.dir(ep, d);
+        let audit = palisade_ir::AuditTier {
+            isolated_by: std::mem::take(&mut rules.isolated_by),
+            rules: std::mem::take(&mut rules.rules),
+        };
+        rules.isolated = false;
+        rules.audit = Some(audit);
+        self
+    }
+
     pub fn remove_endpoint(mut self, name: &str) -> Rs {
         self.0.endpoints.remove(name);
         self
@@ -377,6 +390,24 @@ pub fn fixtures() -> Vec<(&'static str, NodeRuleset)> {
                     "default/dual-out",
                     1,
                 )
+                .build(),
+        ),
+        (
+            // Audit mode: what the audited policy allows passes silently, the rest is
+            // counted (and logged, with events on) as audit-denied, and passes too.
+            "audit_mode",
+            ruleset()
+                .endpoint("default/api", &["10.0.1.70", "fd00::70"])
+                .isolate("default/api", Ingress, &["default/lockdown"])
+                .allow(
+                    "default/api",
+                    Ingress,
+                    Some(frontend()),
+                    Some(ports(&[tcp(443, 443)])),
+                    "default/lockdown",
+                    0,
+                )
+                .in_audit_mode("default/api", Ingress)
                 .build(),
         ),
         (
