@@ -316,6 +316,10 @@ struct MatrixOut {
     pods: Vec<String>,
     /// allowed[src][dst]
     allowed: Vec<Vec<bool>>,
+    /// audit_denied[src][dst]: allowed, but policies in audit mode would deny it (only when
+    /// some cell is).
+    #[serde(rename = "auditDenied", skip_serializing_if = "Option::is_none")]
+    audit_denied: Option<Vec<Vec<bool>>>,
 }
 
 pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
@@ -329,8 +333,10 @@ pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
     let mut out = Vec::new();
     for port in &ports {
         let mut allowed = Vec::new();
+        let mut audit_denied = Vec::new();
         for src in &pods {
             let mut row = Vec::new();
+            let mut audit_row = Vec::new();
             for dst in &pods {
                 let flow = Flow {
                     src: Endpoint::Pod(src.clone()),
@@ -339,14 +345,23 @@ pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
                     port: port.port,
                     family: args.family,
                 };
-                row.push(state.allows(&flow)?);
+                let explanation = state.explain(&flow)?;
+                row.push(explanation.allowed());
+                audit_row.push(
+                    [&explanation.egress, &explanation.ingress]
+                        .iter()
+                        .any(|s| matches!(s, SideVerdict::AuditDenied { .. })),
+                );
             }
             allowed.push(row);
+            audit_denied.push(audit_row);
         }
+        let any_audit = audit_denied.iter().flatten().any(|a| *a);
         out.push(MatrixOut {
             port: port.to_string(),
             pods: pods.iter().map(ToString::to_string).collect(),
             allowed,
+            audit_denied: any_audit.then_some(audit_denied),
         });
     }
     if !structured(args.input.output, &json!({ "matrices": out }))? {
@@ -354,7 +369,15 @@ pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
             if i > 0 {
                 println!();
             }
-            print!("{}", render_matrix(&m.port, &m.pods, &m.allowed));
+            print!(
+                "{}",
+                render_matrix_with_audit(&m.port, &m.pods, &m.allowed, m.audit_denied.as_deref())
+            );
+        }
+        if out.iter().any(|m| m.audit_denied.is_some()) {
+            println!(
+                "A: allowed, but policies in audit mode would deny it (--audit shows them enforced)"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -362,14 +385,28 @@ pub fn matrix(args: &MatrixArgs) -> anyhow::Result<ExitCode> {
 
 /// The upstream e2e layout: a header row of destinations, one row per source.
 pub fn render_matrix(title: &str, pods: &[String], allowed: &[Vec<bool>]) -> String {
+    render_matrix_with_audit(title, pods, allowed, None)
+}
+
+/// [`render_matrix`], with `A` for allowed cells that policies in audit mode would deny.
+fn render_matrix_with_audit(
+    title: &str,
+    pods: &[String],
+    allowed: &[Vec<bool>],
+    audit_denied: Option<&[Vec<bool>]>,
+) -> String {
     let mut rows = Vec::new();
     for (i, src) in pods.iter().enumerate() {
         let mut row = vec![src.clone()];
-        row.extend(
-            allowed[i]
-                .iter()
-                .map(|a| if *a { "." } else { "X" }.to_string()),
-        );
+        row.extend(allowed[i].iter().enumerate().map(|(j, a)| {
+            let audit = audit_denied.is_some_and(|m| m[i][j]);
+            match (a, audit) {
+                (true, true) => "A",
+                (true, false) => ".",
+                (false, _) => "X",
+            }
+            .to_string()
+        }));
         rows.push(row);
     }
     let mut header = vec![title];

@@ -37,6 +37,45 @@ const CASES: &[(&str, &[&str])] = &[
         &["matrix", "-f", "examples/demo", "-o", "json"],
     ),
     (
+        "matrix_audit",
+        &[
+            "matrix",
+            "-f",
+            "examples/demo/00-cluster.yaml",
+            "-f",
+            "testdata/audit",
+        ],
+    ),
+    (
+        "matrix_audit_enforced",
+        &[
+            "matrix",
+            "-f",
+            "examples/demo/00-cluster.yaml",
+            "-f",
+            "testdata/audit",
+            "--audit",
+        ],
+    ),
+    (
+        "explain_audit_denied",
+        &[
+            "explain",
+            "-f",
+            "examples/demo/00-cluster.yaml",
+            "-f",
+            "testdata/audit",
+            "--from",
+            "default/nginx",
+            "--to",
+            "default/backend",
+            "--port",
+            "80/TCP",
+            "-o",
+            "json",
+        ],
+    ),
+    (
         "explain_allowed",
         &[
             "explain",
