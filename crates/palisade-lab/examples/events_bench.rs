@@ -39,7 +39,7 @@ use palisade_ir::Dataplane;
 use palisade_ir::events::EventConfig;
 use palisade_lab::{Lab, LabPod, LabSpec};
 use palisade_model::load::{Loaded, load_str};
-use palisade_model::{IpFamily, Key, Labels, Object, Pod, Protocol};
+use palisade_model::{IpFamily, Key, Object, Protocol};
 use palisade_nft::{Config, NftDataplane, SystemNft};
 
 const CONN_PORT: u16 = 8080;
@@ -164,19 +164,7 @@ fn run() -> Result<(), String> {
         ..LabSpec::default()
     })
     .map_err(|e| e.to_string())?;
-    let mut objects: Vec<Object> = lab
-        .pods()
-        .map(|k| {
-            let mut pod = Pod::new(
-                &k.namespace,
-                &k.name,
-                Labels::from([("app".to_string(), k.name.clone())]),
-            );
-            pod.ips = lab.pod_ips(k).to_vec();
-            pod.node = lab.pod_node(k).map(|i| lab.node_names()[i].clone());
-            Object::Pod(pod)
-        })
-        .collect();
+    let mut objects: Vec<Object> = lab.engine_pods().into_iter().map(Object::Pod).collect();
     let mut loaded = Loaded::default();
     load_str(POLICY, "events_bench", &mut loaded);
     objects.extend(loaded.objects.into_iter().map(|(_, o)| o));

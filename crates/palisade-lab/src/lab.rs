@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use palisade_model::{IpFamily, Key, Protocol};
+use palisade_model::{IpFamily, Key, Labels, Pod, Protocol};
 
 use crate::cmd::{self, SETUP_TIMEOUT};
 use crate::netns::{self, NETNS_PREFIX, NetnsHandle};
@@ -334,6 +334,24 @@ impl Lab {
             .iter()
             .copied()
             .find(|ip| IpFamily::of(ip) == family)
+    }
+
+    /// The lab's pods as the engine sees them: at their lab addresses, on their lab nodes,
+    /// each labelled `app: <pod name>`.
+    pub fn engine_pods(&self) -> Vec<Pod> {
+        self.pods
+            .iter()
+            .map(|p| {
+                let mut pod = Pod::new(
+                    &p.key.namespace,
+                    &p.key.name,
+                    Labels::from([("app".to_string(), p.key.name.clone())]),
+                );
+                pod.ips = p.ips.clone();
+                pod.node = Some(self.node_names()[p.node].clone());
+                pod
+            })
+            .collect()
     }
 
     /// The index of the node the pod runs on.

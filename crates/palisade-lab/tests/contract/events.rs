@@ -18,7 +18,7 @@ use palisade_ir::events::{EventConfig, EventSource, KernelEvent, ReasonIndex, Ve
 use palisade_lab::enforce::Enforcer;
 use palisade_lab::{Lab, LabPod, LabSpec, ProbeOutcome, ProbeRequest, can_run_root_tests};
 use palisade_model::load::{Loaded, load_str};
-use palisade_model::{IpFamily, Key, Labels, Object, Pod, Protocol};
+use palisade_model::{IpFamily, Key, Object, Protocol};
 
 use super::BackendUnderTest;
 
@@ -55,19 +55,7 @@ fn key(s: &str) -> Key {
 /// The lab's pods as the engine sees them, with the policies (`audit` as annotated, or
 /// all enforced).
 fn state(lab: &Lab, enforce_audited: bool) -> ClusterState {
-    let mut objects: Vec<Object> = lab
-        .pods()
-        .map(|k| {
-            let mut pod = Pod::new(
-                &k.namespace,
-                &k.name,
-                Labels::from([("app".to_string(), k.name.clone())]),
-            );
-            pod.ips = lab.pod_ips(k).to_vec();
-            pod.node = lab.pod_node(k).map(|i| lab.node_names()[i].clone());
-            Object::Pod(pod)
-        })
-        .collect();
+    let mut objects: Vec<Object> = lab.engine_pods().into_iter().map(Object::Pod).collect();
     let mut loaded = Loaded::default();
     load_str(POLICIES, "events-policies", &mut loaded);
     assert!(loaded.is_ok(), "{:?}", loaded.errors);
