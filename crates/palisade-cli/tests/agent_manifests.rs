@@ -182,6 +182,38 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
         })
     });
 
+    // `top` sees the allowing rule busy while allowed connections are made...
+    let agent_url = format!("http://{addr}");
+    let top = std::thread::scope(|s| {
+        let top = s.spawn(|| {
+            Command::new(env!("CARGO_BIN_EXE_palisade"))
+                .args(["top", "--agent", &agent_url, "--interval", "2"])
+                .output()
+                .unwrap()
+        });
+        for _ in 0..3 {
+            assert_eq!(probe(), ProbeOutcome::Connected);
+        }
+        top.join().unwrap()
+    });
+    let top = String::from_utf8_lossy(&top.stdout).to_string();
+    assert!(
+        top.lines()
+            .any(|l| l.starts_with("demo/web-from-frontend ingress[0]") && !l.contains(" 0 ")),
+        "{top}"
+    );
+    // ...and `lint --live` reports it as unused over a period without traffic.
+    let lint = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["lint", "--live", "--agent", &agent_url, "--period", "1"])
+        .output()
+        .unwrap();
+    let lint_out = String::from_utf8_lossy(&lint.stdout).to_string();
+    assert_eq!(lint.status.code(), Some(1), "{lint_out}");
+    assert!(
+        lint_out.contains("NetworkPolicy demo/web-from-frontend: spec.ingress[0]"),
+        "{lint_out}"
+    );
+
     // An invalid folder is not applied at all: the last valid rules stay.
     write(
         "broken.yaml",
@@ -204,6 +236,39 @@ fn agent_enforces_a_manifests_folder_and_follows_its_changes() {
         ),
     );
     eventually("client denied again", || probe() == ProbeOutcome::TimedOut);
+    // `palisade events` follows the agent: the next denied probe is one line naming why.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "events",
+            "--agent",
+            &agent_url,
+            "--verdict",
+            "denied",
+            "--pod",
+            "web",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(probe(), ProbeOutcome::TimedOut);
+    let line = rx.recv_timeout(Duration::from_secs(10));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let line = line.expect("an event line within 10 s");
+    assert!(
+        line.contains("DENIED")
+            && line.contains("-> demo/web 80/TCP (ingress)")
+            && line.contains("isolated for ingress by demo/web-from-frontend"),
+        "{line}"
+    );
     let pid = agent.0.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
