@@ -21,6 +21,9 @@
 //!   by member; backends render incremental updates from it.
 //! - **The [`Dataplane`] trait** and the one **[`Reconciler`]** that drives any backend:
 //!   applied state, full retry after a failure, periodic full resync that repairs drift.
+//! - **Verdict events** ([`events`]): the stable tags a backend writes into its logging
+//!   rules, the reasons they stand for, and the [`events::EventSource`] a backend's
+//!   reports arrive on. The audit tier ([`AuditTier`]) carries policies in audit mode.
 //!
 //! Semantics are already decided here: named ports are resolved, ipBlock excepts are
 //! subtracted, selectors are expanded to addresses. A backend must only translate: it may
