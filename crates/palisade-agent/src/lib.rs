@@ -79,9 +79,17 @@ pub struct AgentConfig {
 pub async fn run(config: AgentConfig, mut dataplane: Box<dyn Dataplane>) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    // Opened before the first apply, so no report of the first rules is missed.
+    // Opened before the first apply, so no report of the first rules is missed. Without
+    // it the agent still enforces (the kernel drops reports nobody reads): events are an
+    // explanation, not a decision.
     let event_source = if config.events {
-        Some(dataplane.events()?)
+        match dataplane.events() {
+            Ok(source) => Some(source),
+            Err(e) => {
+                tracing::error!(error = %e, "verdict events unavailable; enforcing without them");
+                None
+            }
+        }
     } else {
         None
     };
