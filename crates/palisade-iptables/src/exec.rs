@@ -266,6 +266,7 @@ pub struct FakeIptables {
     /// name -> (kind, family keyword, elements)
     sets: BTreeMap<String, (String, String, BTreeSet<String>)>,
     failures: VecDeque<String>,
+    ipset_failures: VecDeque<String>,
 }
 
 impl Default for FakeIptables {
@@ -288,12 +289,18 @@ impl FakeIptables {
             tables: [table.clone(), table],
             sets: BTreeMap::new(),
             failures: VecDeque::new(),
+            ipset_failures: VecDeque::new(),
         }
     }
 
-    /// Makes the next restore (iptables or ipset) fail with `message`, changing nothing.
+    /// Makes the next `iptables-restore` fail with `message`, changing nothing.
     pub fn push_failure(&mut self, message: impl Into<String>) {
         self.failures.push_back(message.into());
+    }
+
+    /// Makes the next `ipset restore` fail with `message` before its first line.
+    pub fn push_ipset_failure(&mut self, message: impl Into<String>) {
+        self.ipset_failures.push_back(message.into());
     }
 
     /// Adds a chain of another program (with `rules`, e.g. `-j ACCEPT`), or rules to a
@@ -494,7 +501,7 @@ impl IptablesExecutor for FakeIptables {
 
     fn ipset_restore(&mut self, input: &str) -> Result<(), IptablesError> {
         self.ipset_inputs.push(input.to_string());
-        if let Some(message) = self.failures.pop_front() {
+        if let Some(message) = self.ipset_failures.pop_front() {
             return Err(FakeIptables::failed("ipset restore", message));
         }
         for (n, raw) in input.lines().enumerate() {

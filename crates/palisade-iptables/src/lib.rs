@@ -175,9 +175,8 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
             .kernel_view()
             .map_err(|e| failed(backend, action, e.to_string()))?;
         let rendered = render::full(&plan, &view);
-        // Undoing a full apply restores no previous chain contents: a failed IPv6 restore
-        // after IPv4 committed is repaired by the next full apply (the reconciler retries).
-        self.run(&rendered, ["", ""])
+        let undo_v4 = render::undo_full_table(&plan, &view, 0);
+        self.run(&rendered, [&undo_v4, ""])
             .map_err(|e| failed(backend, action, e))?;
         self.applied = Some(plan);
         Ok(ApplyReport {

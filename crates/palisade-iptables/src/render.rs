@@ -4,20 +4,20 @@
 //! both the old and the new ruleset deny:
 //! 1. `ipset restore` *before*: new peer sets created whole, members added to kept sets,
 //!    addresses whose direction is no longer filtered taken out of the dispatch gates (a
-//!    full apply: every peer set rebuilt in a temporary set and `swap`ped in);
+//!    full apply: every existing set rebuilt in a temporary set, `swap`ped in at step 4);
 //! 2. `iptables-restore --noflush` of the IPv4 `filter` table, then 3. of IPv6: one
 //!    transaction each, touching Palisade's chains only (a declared chain is flushed and
 //!    refilled; chains no longer used are flushed and deleted). Built-in chains are never
 //!    declared, so nothing else in the table is flushed; the one hook rule in `FORWARD` is
 //!    inserted by a full apply when it is missing;
-//! 4. `ipset restore` *after*: addresses of newly filtered directions added to the gates
+//! 4. `ipset restore` *after*: (a full apply: the rebuilt sets swapped in,) addresses of newly filtered directions added to the gates
 //!    (their chains exist now), members removed from kept sets, sets no rule names any more
 //!    destroyed.
 //!
 //! If step 2 or 3 fails, step 1 is undone (and step 2 when 3 fails) and the error returned:
 //! the previous ruleset stays in force.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::plan::{FORWARD_CHAIN, HOOK_COMMENT, PREFIX, Plan, SetDef, Table, short_hash};
@@ -31,6 +31,9 @@ pub(crate) struct KernelView {
     pub hooks: [Vec<String>; 2],
     /// Palisade's ipsets.
     pub sets: BTreeSet<String>,
+    /// The rules of Palisade's chains (what follows `-A CHAIN `), per family: what undoes
+    /// a full apply whose other family fails.
+    pub rules: [BTreeMap<String, Vec<String>>; 2],
 }
 
 impl KernelView {
@@ -42,7 +45,16 @@ impl KernelView {
                 let name = rest.split_whitespace().next().unwrap_or_default();
                 if name.starts_with(PREFIX) {
                     self.chains[family_index].insert(name.to_string());
+                    self.rules[family_index].entry(name.to_string()).or_default();
                 }
+            } else if let Some(rest) = line.strip_prefix("-A ")
+                && let Some((chain, spec)) = rest.split_once(' ')
+                && chain.starts_with(PREFIX)
+            {
+                self.rules[family_index]
+                    .entry(chain.to_string())
+                    .or_default()
+                    .push(spec.to_string());
             } else if let Some(rest) = line.strip_prefix("-A FORWARD ")
                 && rest.split_whitespace().collect::<Vec<_>>().ends_with(&["-j", FORWARD_CHAIN])
             {
@@ -132,17 +144,27 @@ fn dels<'a>(s: &mut String, name: &str, elements: impl IntoIterator<Item = &'a S
     n
 }
 
-/// Rebuilds `name` whole: in a temporary set swapped in when `name` exists, else created.
-fn rebuild(s: &mut String, name: &str, set: &SetDef, exists: bool) -> usize {
+/// Rebuilds `name` whole: created and filled in `fill` when it does not exist; else filled
+/// in a temporary set (in `fill`, undone by `undo`) and swapped in by `swap`.
+fn rebuild(
+    fill: &mut String,
+    swap: &mut String,
+    undo: &mut String,
+    name: &str,
+    set: &SetDef,
+    exists: bool,
+) -> usize {
     if !exists {
-        create(s, name, set);
-        return 1 + adds(s, name, &set.elements);
+        create(fill, name, set);
+        let _ = writeln!(undo, "destroy {name}");
+        return 1 + adds(fill, name, &set.elements);
     }
     let temp = temp_name(name);
-    create(s, &temp, set);
-    let n = adds(s, &temp, &set.elements);
-    let _ = writeln!(s, "swap {temp} {name}");
-    let _ = writeln!(s, "destroy {temp}");
+    create(fill, &temp, set);
+    let _ = writeln!(undo, "destroy {temp}");
+    let n = adds(fill, &temp, &set.elements);
+    let _ = writeln!(swap, "swap {temp} {name}");
+    let _ = writeln!(swap, "destroy {temp}");
     n + 3
 }
 
@@ -155,6 +177,9 @@ pub(crate) fn full(plan: &Plan, kernel: &KernelView) -> Rendered {
         let _ = writeln!(r.ipset_before, "destroy {name}");
         ops += 1;
     }
+    // Existing sets are rebuilt aside and swapped in after the rules: a full apply that the
+    // kernel rejects leaves every set as it was.
+    let mut swaps = String::new();
     for (name, set) in &plan.sets {
         let exists = kernel.sets.contains(name);
         if SetDef::is_gate(name) {
@@ -163,14 +188,21 @@ pub(crate) fn full(plan: &Plan, kernel: &KernelView) -> Rendered {
                 let _ = writeln!(r.undo_before, "destroy {name}");
                 ops += 1;
             }
-            ops += rebuild(&mut r.ipset_after, name, set, true);
+            let mut fill = String::new();
+            ops += rebuild(&mut fill, &mut swaps, &mut String::new(), name, set, true);
+            r.ipset_after.push_str(&fill);
         } else {
-            if !exists {
-                let _ = writeln!(r.undo_before, "destroy {name}");
-            }
-            ops += rebuild(&mut r.ipset_before, name, set, exists);
+            ops += rebuild(
+                &mut r.ipset_before,
+                &mut swaps,
+                &mut r.undo_before,
+                name,
+                set,
+                exists,
+            );
         }
     }
+    r.ipset_after.push_str(&swaps);
     for name in kernel
         .sets
         .iter()
@@ -309,4 +341,35 @@ pub(crate) fn update(old: &Plan, new: &Plan) -> Rendered {
     }
     r.operations = ops;
     r
+}
+
+/// Undoes a committed full restore of `plan`'s table in family `i`: Palisade's chains back
+/// to what `kernel` held, chains it did not hold deleted, an inserted hook removed.
+pub(crate) fn undo_full_table(plan: &Plan, kernel: &KernelView, i: usize) -> String {
+    let mut s = String::from("*filter\n");
+    let saved = &kernel.rules[i];
+    let created: Vec<&String> = plan.tables[i]
+        .chains
+        .keys()
+        .filter(|c| !saved.contains_key(*c))
+        .collect();
+    if kernel.hooks[i].is_empty() {
+        let _ = writeln!(
+            s,
+            "-D FORWARD -m comment --comment \"{HOOK_COMMENT}\" -j {FORWARD_CHAIN}"
+        );
+    }
+    for name in saved.keys().chain(created.iter().copied()) {
+        let _ = writeln!(s, ":{name} - [0:0]");
+    }
+    for (name, rules) in saved {
+        for r in rules {
+            let _ = writeln!(s, "-A {name} {r}");
+        }
+    }
+    for name in created {
+        let _ = writeln!(s, "-X {name}");
+    }
+    s.push_str("COMMIT\n");
+    s
 }
