@@ -158,7 +158,6 @@ fn run(
     };
     let mut child = c.spawn().map_err(spawn_err)?;
     let stdin = child.stdin.take();
-    let started = std::time::Instant::now();
     let out = std::thread::scope(|scope| {
         scope.spawn(move || {
             if let (Some(mut pipe), Some(text)) = (stdin, input) {
@@ -167,22 +166,19 @@ fn run(
             }
         });
         let pid = child.id();
-        let watchdog_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = watchdog_done.clone();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
         scope.spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                if started.elapsed() > RUN_TIMEOUT {
-                    // Bounded in time: kill this one child (by its own pid) if it hangs.
-                    let _ = Command::new("kill")
-                        .args(["-9", &pid.to_string()])
-                        .status();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            // Bounded in time: kill this one child (by its own pid) if it hangs.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                finished.recv_timeout(RUN_TIMEOUT)
+            {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
             }
         });
         let out = child.wait_with_output();
-        watchdog_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = done.send(());
         out
     })
     .map_err(spawn_err)?;

@@ -280,12 +280,14 @@ fn port_matches(rs: &NodeRuleset, ports: &PortMatch) -> Vec<String> {
     out
 }
 
+/// One port or range: the protocol's own match (`-p tcp --dport 80`), which iptables-nft
+/// translates to native expressions; more: `-m multiport`.
 fn multiport(protocol: Protocol, items: &[String]) -> String {
-    format!(
-        "-p {} -m multiport --dports {} ",
-        protocol.as_str(),
-        items.join(",")
-    )
+    let p = protocol.as_str();
+    match items {
+        [one] => format!("-p {p} -m {p} --dport {one} "),
+        _ => format!("-p {p} -m multiport --dports {} ", items.join(",")),
+    }
 }
 
 /// Builds the plan of a ruleset.

@@ -248,7 +248,15 @@ pub(crate) fn full(plan: &Plan, kernel: &KernelView) -> Rendered {
 
 /// The hook rule: the first rule of `FORWARD`.
 pub(crate) fn hook_insert() -> String {
-    format!("-I FORWARD 1 -m comment --comment \"{HOOK_COMMENT}\" -j {FORWARD_CHAIN}")
+    format!("-I FORWARD 1 {}", hook_spec())
+}
+
+/// The hook rule after `-A FORWARD `: packets of established connections never leave
+/// `FORWARD` (the cheapest path for most packets); the rest go to `PAL-FORWARD`.
+pub(crate) fn hook_spec() -> String {
+    format!(
+        "-m conntrack ! --ctstate RELATED,ESTABLISHED -m comment --comment \"{HOOK_COMMENT}\" -j {FORWARD_CHAIN}"
+    )
 }
 
 /// One family's table moved from `old` to `new`: changed chains flushed and refilled,
@@ -354,10 +362,7 @@ pub(crate) fn undo_full_table(plan: &Plan, kernel: &KernelView, i: usize) -> Str
         .filter(|c| !saved.contains_key(*c))
         .collect();
     if kernel.hooks[i].is_empty() {
-        let _ = writeln!(
-            s,
-            "-D FORWARD -m comment --comment \"{HOOK_COMMENT}\" -j {FORWARD_CHAIN}"
-        );
+        let _ = writeln!(s, "-D FORWARD {}", hook_spec());
     }
     for name in saved.keys().chain(created.iter().copied()) {
         let _ = writeln!(s, ":{name} - [0:0]");
