@@ -134,6 +134,14 @@ impl<E: IptablesExecutor> IptablesDataplane<E> {
     /// Runs the five steps of `r`; on a failed restore, undoes what ran and returns the
     /// error. `undo_tables` moves a family's table back when a later family fails.
     fn run(&mut self, r: &Rendered, undo_tables: [&str; 2]) -> Result<(), String> {
+        if r.restore.iter().all(String::is_empty) {
+            // Members only (a pod joining or leaving): one `ipset restore`, in order.
+            let input = format!("{}{}", r.ipset_before, r.ipset_after);
+            return self
+                .executor
+                .ipset_restore(&input)
+                .map_err(|e| e.to_string());
+        }
         self.executor
             .ipset_restore(&r.ipset_before)
             .map_err(|e| {
@@ -194,12 +202,32 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let backend = self.backend();
         let action = "update of Palisade's chains and sets";
         self.check(desired)?;
-        let _ = diff; // the plans are compared whole: chains and members that differ move
         let old = self
             .applied
             .take()
             .unwrap_or_else(|| plan::plan(current));
-        let new = plan::plan(desired);
+        // Sets and endpoints the diff does not name are taken from the old plan as they
+        // are; the rest is planned anew, then the two plans are compared.
+        let changed_sets: std::collections::BTreeSet<palisade_ir::SetId> = diff
+            .peer_set_members
+            .keys()
+            .chain(diff.peer_sets_added.keys())
+            .cloned()
+            .collect();
+        let changed_endpoints: std::collections::BTreeSet<String> = diff
+            .endpoints_changed
+            .keys()
+            .chain(diff.endpoints_added.keys())
+            .cloned()
+            .collect();
+        let new = plan::plan_with(
+            desired,
+            Some(&plan::Reuse {
+                old: &old,
+                changed_sets: &changed_sets,
+                changed_endpoints: &changed_endpoints,
+            }),
+        );
         let rendered = render::update(&old, &new);
         if rendered.operations == 0 {
             self.applied = Some(new);

@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use palisade_ir::{
@@ -121,7 +122,8 @@ impl Rule {
 /// Palisade's chains of one family's `filter` table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Table {
-    pub chains: BTreeMap<String, Vec<Rule>>,
+    /// Shared with the previous plan when unchanged (compared by pointer first).
+    pub chains: BTreeMap<String, Arc<Vec<Rule>>>,
 }
 
 /// An ipset Palisade owns.
@@ -144,7 +146,18 @@ impl SetDef {
 pub(crate) struct Plan {
     /// Indexed by [`Family::index`].
     pub tables: [Table; 2],
-    pub sets: BTreeMap<String, SetDef>,
+    pub sets: BTreeMap<String, Arc<SetDef>>,
+    /// The chains of each endpoint: (family index, chain name).
+    pub endpoint_chains: BTreeMap<String, Vec<(usize, String)>>,
+}
+
+/// What an update may take from the plan it replaces: the sets whose members did not
+/// change and the chains of endpoints that did not change are the same objects.
+#[derive(Debug)]
+pub(crate) struct Reuse<'a> {
+    pub old: &'a Plan,
+    pub changed_sets: &'a BTreeSet<SetId>,
+    pub changed_endpoints: &'a BTreeSet<String>,
 }
 
 pub(crate) fn short_hash(input: &str, hex_len: usize) -> String {
@@ -292,9 +305,24 @@ fn multiport(protocol: Protocol, items: &[String]) -> String {
 
 /// Builds the plan of a ruleset.
 pub(crate) fn plan(rs: &NodeRuleset) -> Plan {
+    plan_with(rs, None)
+}
+
+/// Builds the plan of a ruleset, taking unchanged sets and endpoint chains from `reuse`.
+pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
     let mut plan = Plan::default();
     // Peer sets, both families, whatever their members: a pod joining is one `add`.
     for (id, set) in &rs.peer_sets {
+        if let Some(r) = reuse.filter(|r| !r.changed_sets.contains(id)) {
+            let names = Family::BOTH.map(|f| peer_set_name(id, f));
+            if let [Some(a), Some(b)] = names.each_ref().map(|n| r.old.sets.get(n)) {
+                let (a, b) = (a.clone(), b.clone());
+                let [na, nb] = names;
+                plan.sets.insert(na, a);
+                plan.sets.insert(nb, b);
+                continue;
+            }
+        }
         for family in Family::BOTH {
             let mut elements = BTreeSet::new();
             for a in set.addresses.iter().filter(|a| Family::of(a) == family) {
@@ -305,11 +333,11 @@ pub(crate) fn plan(rs: &NodeRuleset) -> Plan {
             }
             plan.sets.insert(
                 peer_set_name(id, family),
-                SetDef {
+                Arc::new(SetDef {
                     kind: "hash:net",
                     family,
                     elements,
-                },
+                }),
             );
         }
     }
@@ -333,7 +361,28 @@ pub(crate) fn plan(rs: &NodeRuleset) -> Plan {
                         .or_default()
                         .push((palisade_ir::cidr::addr_to_u128(**ip), chain.clone()));
                 }
-                endpoint_chains(rs, table, family, ep, direction, rules, &chain);
+                let reused = reuse
+                    .filter(|r| !r.changed_endpoints.contains(&ep.name))
+                    .and_then(|r| Some((r.old, r.old.endpoint_chains.get(&ep.name)?)));
+                let owned = plan.endpoint_chains.entry(ep.name.clone()).or_default();
+                match reused {
+                    Some((old, chains)) => {
+                        for (i, name) in chains {
+                            if *i != family.index() || !name.starts_with(&chain) {
+                                continue;
+                            }
+                            if let Some(rules) = old.tables[*i].chains.get(name) {
+                                table.chains.insert(name.clone(), rules.clone());
+                                owned.push((*i, name.clone()));
+                            }
+                        }
+                    }
+                    None => {
+                        for name in endpoint_chains(rs, table, family, ep, direction, rules, &chain) {
+                            owned.push((family.index(), name));
+                        }
+                    }
+                }
             }
         }
         let mut forward = vec![
@@ -350,11 +399,11 @@ pub(crate) fn plan(rs: &NodeRuleset) -> Plan {
                 .collect();
             plan.sets.insert(
                 gate.clone(),
-                SetDef {
+                Arc::new(SetDef {
                     kind: "hash:ip",
                     family,
                     elements,
-                },
+                }),
             );
             let root = dispatch_root(direction);
             forward.push(Rule::plain(format!(
@@ -367,7 +416,7 @@ pub(crate) fn plan(rs: &NodeRuleset) -> Plan {
             )));
             tree(table, root, direction, family, &entries, 0);
         }
-        table.chains.insert(FORWARD_CHAIN.to_string(), forward);
+        table.chains.insert(FORWARD_CHAIN.to_string(), Arc::new(forward));
     }
     plan
 }
@@ -400,7 +449,7 @@ fn tree(
         for (a, target) in entries {
             rules.push(Rule::plain(format!("{flag} {} -g {target}", host(*a))));
         }
-        table.chains.insert(chain.to_string(), rules);
+        table.chains.insert(chain.to_string(), Arc::new(rules));
         return;
     }
     // Split by the 4 bits after the common prefix of the first and last (sorted) address.
@@ -434,7 +483,7 @@ fn tree(
         }
         i = j;
     }
-    table.chains.insert(chain.to_string(), rules);
+    table.chains.insert(chain.to_string(), Arc::new(rules));
 }
 
 /// The first `len` bits of `a` (a `bits`-bit address), the rest zero.
@@ -450,7 +499,7 @@ fn prefix_of(a: u128, len: u32, bits: u32) -> u128 {
     }
 }
 
-/// The chains of one endpoint's direction in one family.
+/// The chains of one endpoint's direction in one family; returns their names.
 fn endpoint_chains(
     rs: &NodeRuleset,
     table: &mut Table,
@@ -459,7 +508,7 @@ fn endpoint_chains(
     direction: Direction,
     rules: &DirectionRules,
     chain: &str,
-) {
+) -> Vec<String> {
     let np_chain = format!("{chain}-N");
     let mut body = Vec::new();
     let matches = |peers: &PeerMatch, ports: &PortMatch| -> Vec<String> {
@@ -504,7 +553,7 @@ fn endpoint_chains(
         body.push(Rule::plain(format!("-g {np_chain}")));
         table
             .chains
-            .insert(chain.to_string(), std::mem::take(&mut body));
+            .insert(chain.to_string(), Arc::new(std::mem::take(&mut body)));
         tail = np_chain.clone();
     }
     if rules.isolated {
@@ -540,7 +589,12 @@ fn endpoint_chains(
             tier_rule(&mut body, &r.peers, &r.ports, &r.origin, action);
         }
     }
-    table.chains.insert(tail, body);
+    let mut names = vec![tail.clone()];
+    if tail != chain {
+        names.push(chain.to_string());
+    }
+    table.chains.insert(tail, Arc::new(body));
+    names
 }
 
 #[cfg(test)]

@@ -222,7 +222,7 @@ pub(crate) fn full(plan: &Plan, kernel: &KernelView) -> Rendered {
             ops += 1;
         }
         for (name, rules) in &table.chains {
-            for rule in rules {
+            for rule in rules.iter() {
                 let _ = writeln!(s, "-A {name} {}", rule.spec);
                 ops += 1;
             }
@@ -264,7 +264,7 @@ pub(crate) fn hook_spec() -> String {
 pub(crate) fn table_update(old: &Table, new: &Table) -> (String, usize) {
     let mut s = String::new();
     let mut ops = 0;
-    let changed: Vec<(&String, &Vec<crate::plan::Rule>)> = new
+    let changed: Vec<(&String, &std::sync::Arc<Vec<crate::plan::Rule>>)> = new
         .chains
         .iter()
         .filter(|(name, rules)| old.chains.get(*name) != Some(*rules))
