@@ -60,12 +60,11 @@ pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box
             Box::new(NftDataplane::new(exec, config))
         }
         // The iptables backend's objects are named `PAL-*`; `table` names nft tables only.
-        Backend::Iptables | Backend::IptablesLegacy | Backend::IptablesNft => Box::new(
-            palisade_iptables::IptablesDataplane::new(palisade_iptables::SystemIptables::new(
-                netns,
-                backend.iptables_mode(),
-            )),
-        ),
+        Backend::Iptables | Backend::IptablesLegacy | Backend::IptablesNft => {
+            Box::new(palisade_iptables::IptablesDataplane::new(
+                palisade_iptables::SystemIptables::new(netns, backend.iptables_mode()),
+            ))
+        }
     }
 }
 

@@ -27,9 +27,15 @@ pub fn canonical_state(save_v4: &str, save_v6: &str, ipset_save: &str) -> String
             } else if let Some(rest) = line.strip_prefix("-A ") {
                 let (chain, spec) = rest.split_once(' ').unwrap_or((rest, ""));
                 if chain.starts_with(PREFIX) {
-                    chains.entry(chain.to_string()).or_default().push(spec.to_string());
+                    chains
+                        .entry(chain.to_string())
+                        .or_default()
+                        .push(spec.to_string());
                 } else if chain == "FORWARD"
-                    && spec.split_whitespace().collect::<Vec<_>>().ends_with(&["-j", FORWARD_CHAIN])
+                    && spec
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .ends_with(&["-j", FORWARD_CHAIN])
                 {
                     hooks.push(spec.to_string());
                 }
@@ -117,12 +123,20 @@ mod tests {
     #[test]
     fn counters_and_order_of_sets_do_not_matter_rule_order_does() {
         let a = "*filter\n:FORWARD ACCEPT [5:300]\n:PAL-X - [0:0]\n:OTHER - [0:0]\n[1:60] -A FORWARD -m comment --comment \"palisade: NetworkPolicy\" -j PAL-FORWARD\n[3:180] -A PAL-X -j RETURN\n[0:0] -A PAL-X -j DROP\n[9:9] -A OTHER -j ACCEPT\nCOMMIT\n";
-        let b = a.replace("[3:180]", "[0:0]").replace("[9:9] -A OTHER -j ACCEPT\n", "");
+        let b = a
+            .replace("[3:180]", "[0:0]")
+            .replace("[9:9] -A OTHER -j ACCEPT\n", "");
         let s1 = "create PAL-a hash:net family inet hashsize 1024 maxelem 9 initval 0x1\nadd PAL-a 10.0.0.2\nadd PAL-a 10.0.0.1\n";
         let s2 = "create PAL-a hash:net family inet hashsize 4096 maxelem 9 initval 0x2\nadd PAL-a 10.0.0.1\nadd PAL-a 10.0.0.2\ncreate other hash:ip\n";
         assert_eq!(canonical_state(a, "", s1), canonical_state(&b, "", s2));
-        let swapped = a.replace("-A PAL-X -j RETURN\n[0:0] -A PAL-X -j DROP", "-A PAL-X -j DROP\n[0:0] -A PAL-X -j RETURN");
-        assert_ne!(canonical_state(a, "", s1), canonical_state(&swapped, "", s1));
+        let swapped = a.replace(
+            "-A PAL-X -j RETURN\n[0:0] -A PAL-X -j DROP",
+            "-A PAL-X -j DROP\n[0:0] -A PAL-X -j RETURN",
+        );
+        assert_ne!(
+            canonical_state(a, "", s1),
+            canonical_state(&swapped, "", s1)
+        );
         let counts = rule_counters(a);
         assert_eq!(counts.len(), 2);
         assert_eq!(counts[0].0, "PAL-X");

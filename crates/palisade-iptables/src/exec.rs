@@ -172,9 +172,7 @@ fn run(
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 finished.recv_timeout(RUN_TIMEOUT)
             {
-                let _ = Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
         });
         let out = child.wait_with_output();
@@ -276,8 +274,10 @@ const TARGETS: [&str; 4] = ["ACCEPT", "DROP", "RETURN", "REJECT"];
 
 impl FakeIptables {
     pub fn new() -> FakeIptables {
-        let table: BTreeMap<String, Vec<String>> =
-            BUILTIN.iter().map(|c| (c.to_string(), Vec::new())).collect();
+        let table: BTreeMap<String, Vec<String>> = BUILTIN
+            .iter()
+            .map(|c| (c.to_string(), Vec::new()))
+            .collect();
         FakeIptables {
             mode: IptablesMode::Nft,
             restores: Vec::new(),
@@ -385,8 +385,7 @@ impl FakeIptables {
             }
             match op {
                 Some("-A") | Some("-I") => {
-                    let (pos, spec_words) = match (op, words.get(2).map(|w| w.parse::<usize>()))
-                    {
+                    let (pos, spec_words) = match (op, words.get(2).map(|w| w.parse::<usize>())) {
                         (Some("-I"), Some(Ok(p))) => (Some(p), &words[3..]),
                         (Some("-I"), _) => (Some(1), &words[2..]),
                         _ => (None, &words[2..]),
@@ -506,7 +505,9 @@ impl IptablesExecutor for FakeIptables {
                 continue;
             }
             let w: Vec<&str> = line.split_whitespace().collect();
-            let err = |e: &str| FakeIptables::failed("ipset restore", format!("line {}: {e}: {line}", n + 1));
+            let err = |e: &str| {
+                FakeIptables::failed("ipset restore", format!("line {}: {e}: {line}", n + 1))
+            };
             let name = w.get(1).copied().ok_or_else(|| err("no set name"))?;
             match w[0] {
                 "create" => {
@@ -546,10 +547,7 @@ impl IptablesExecutor for FakeIptables {
                 }
                 "swap" => {
                     let other = w.get(2).ok_or_else(|| err("no second set"))?;
-                    let (a, b) = (
-                        self.sets.get(name).cloned(),
-                        self.sets.get(*other).cloned(),
-                    );
+                    let (a, b) = (self.sets.get(name).cloned(), self.sets.get(*other).cloned());
                     match (a, b) {
                         (Some(a), Some(b)) if a.0 == b.0 && a.1 == b.1 => {
                             self.sets.insert(name.to_string(), b);
@@ -575,7 +573,9 @@ impl IptablesExecutor for FakeIptables {
                         .flatten()
                         .any(|r| r.contains(&needle));
                     if used {
-                        return Err(err("Set cannot be destroyed: it is in use by a kernel component"));
+                        return Err(err(
+                            "Set cannot be destroyed: it is in use by a kernel component",
+                        ));
                     }
                     self.sets
                         .remove(name)

@@ -42,8 +42,8 @@ pub use canonical::canonical_state;
 pub use exec::{FakeIptables, IptablesError, IptablesExecutor, IptablesMode, SystemIptables};
 pub use plan::Family;
 use plan::{CounterOwner, Plan};
-pub use render::Rendered;
 use render::KernelView;
+pub use render::Rendered;
 
 /// The inputs of a full apply of `desired` onto a node holding nothing of Palisade's.
 /// Deterministic; what `apply --dry-run` prints and the golden files hold.
@@ -142,12 +142,10 @@ impl<E: IptablesExecutor> IptablesDataplane<E> {
                 .ipset_restore(&input)
                 .map_err(|e| e.to_string());
         }
-        self.executor
-            .ipset_restore(&r.ipset_before)
-            .map_err(|e| {
-                let _ = self.executor.ipset_restore(&undo_order(&r.undo_before));
-                e.to_string()
-            })?;
+        self.executor.ipset_restore(&r.ipset_before).map_err(|e| {
+            let _ = self.executor.ipset_restore(&undo_order(&r.undo_before));
+            e.to_string()
+        })?;
         for family in Family::BOTH {
             let input = &r.restore[family.index()];
             if input.is_empty() {
@@ -202,10 +200,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let backend = self.backend();
         let action = "update of Palisade's chains and sets";
         self.check(desired)?;
-        let old = self
-            .applied
-            .take()
-            .unwrap_or_else(|| plan::plan(current));
+        let old = self.applied.take().unwrap_or_else(|| plan::plan(current));
         // Sets and endpoints the diff does not name are taken from the old plan as they
         // are; the rest is planned anew, then the two plans are compared.
         let changed_sets: std::collections::BTreeSet<palisade_ir::SetId> = diff
@@ -279,11 +274,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
                 .restore(family, &s)
                 .map_err(|e| failed(backend, action, e.to_string()))?;
         }
-        let destroys: String = view
-            .sets
-            .iter()
-            .map(|n| format!("destroy {n}\n"))
-            .collect();
+        let destroys: String = view.sets.iter().map(|n| format!("destroy {n}\n")).collect();
         self.executor
             .ipset_restore(&destroys)
             .map_err(|e| failed(backend, action, e.to_string()))?;
@@ -332,9 +323,14 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
                     continue;
                 };
                 match owner {
-                    CounterOwner::Rule(origin) => add(counters.allowed.entry(origin).or_default(), count),
+                    CounterOwner::Rule(origin) => {
+                        add(counters.allowed.entry(origin).or_default(), count)
+                    }
                     CounterOwner::DefaultDeny(endpoint, direction) => add(
-                        counters.default_deny.entry((endpoint, direction)).or_default(),
+                        counters
+                            .default_deny
+                            .entry((endpoint, direction))
+                            .or_default(),
                         count,
                     ),
                 }

@@ -328,7 +328,11 @@ pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
             for a in set.addresses.iter().filter(|a| Family::of(a) == family) {
                 elements.insert(a.to_string());
             }
-            for b in set.blocks.iter().filter(|b| Family::of(&b.addr()) == family) {
+            for b in set
+                .blocks
+                .iter()
+                .filter(|b| Family::of(&b.addr()) == family)
+            {
                 elements.extend(net_elements(b));
             }
             plan.sets.insert(
@@ -345,7 +349,11 @@ pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
         let mut dispatch: BTreeMap<Direction, Vec<(u128, String)>> = BTreeMap::new();
         let table = &mut plan.tables[family.index()];
         for ep in rs.endpoints.values() {
-            let ips: Vec<&IpAddr> = ep.ips.iter().filter(|ip| Family::of(ip) == family).collect();
+            let ips: Vec<&IpAddr> = ep
+                .ips
+                .iter()
+                .filter(|ip| Family::of(ip) == family)
+                .collect();
             if ips.is_empty() {
                 continue;
             }
@@ -378,7 +386,8 @@ pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
                         }
                     }
                     None => {
-                        for name in endpoint_chains(rs, table, family, ep, direction, rules, &chain) {
+                        for name in endpoint_chains(rs, table, family, ep, direction, rules, &chain)
+                        {
                             owned.push((family.index(), name));
                         }
                     }
@@ -416,7 +425,9 @@ pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
             )));
             tree(table, root, direction, family, &entries, 0);
         }
-        table.chains.insert(FORWARD_CHAIN.to_string(), Arc::new(forward));
+        table
+            .chains
+            .insert(FORWARD_CHAIN.to_string(), Arc::new(forward));
     }
     plan
 }

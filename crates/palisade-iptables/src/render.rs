@@ -45,7 +45,9 @@ impl KernelView {
                 let name = rest.split_whitespace().next().unwrap_or_default();
                 if name.starts_with(PREFIX) {
                     self.chains[family_index].insert(name.to_string());
-                    self.rules[family_index].entry(name.to_string()).or_default();
+                    self.rules[family_index]
+                        .entry(name.to_string())
+                        .or_default();
                 }
             } else if let Some(rest) = line.strip_prefix("-A ")
                 && let Some((chain, spec)) = rest.split_once(' ')
@@ -56,7 +58,10 @@ impl KernelView {
                     .or_default()
                     .push(spec.to_string());
             } else if let Some(rest) = line.strip_prefix("-A FORWARD ")
-                && rest.split_whitespace().collect::<Vec<_>>().ends_with(&["-j", FORWARD_CHAIN])
+                && rest
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .ends_with(&["-j", FORWARD_CHAIN])
             {
                 self.hooks[family_index].push(rest.to_string());
             }

@@ -6,7 +6,7 @@
 #[path = "../../palisade-nft/tests/common/mod.rs"]
 mod common;
 
-use palisade_iptables::{Family, FakeIptables, IptablesDataplane, render_full};
+use palisade_iptables::{FakeIptables, Family, IptablesDataplane, render_full};
 use palisade_ir::{Dataplane, NodeRuleset, RulesetDiff};
 
 fn dataplane() -> IptablesDataplane<FakeIptables> {
@@ -24,8 +24,13 @@ fn full_state(rs: &NodeRuleset) -> String {
     state(&mut dp)
 }
 
-fn update(dp: &mut IptablesDataplane<FakeIptables>, a: &NodeRuleset, b: &NodeRuleset) -> palisade_ir::ApplyReport {
-    dp.apply_update(a, b, &RulesetDiff::between(a, b)).expect("apply_update")
+fn update(
+    dp: &mut IptablesDataplane<FakeIptables>,
+    a: &NodeRuleset,
+    b: &NodeRuleset,
+) -> palisade_ir::ApplyReport {
+    dp.apply_update(a, b, &RulesetDiff::between(a, b))
+        .expect("apply_update")
 }
 
 fn scenarios() -> Vec<NodeRuleset> {
@@ -48,7 +53,10 @@ fn apply_full_sends_the_full_render() {
     let fake = dp.executor();
     assert_eq!(fake.restores[0], (Family::V4, r.restore[0].clone()));
     assert_eq!(fake.restores[1], (Family::V6, r.restore[1].clone()));
-    assert_eq!(fake.ipset_inputs, vec![r.ipset_before.clone(), r.ipset_after.clone()]);
+    assert_eq!(
+        fake.ipset_inputs,
+        vec![r.ipset_before.clone(), r.ipset_after.clone()]
+    );
     // The hook is the first rule of FORWARD, in both families.
     for family in Family::BOTH {
         let forward = fake.chain(family, "FORWARD").unwrap();
@@ -99,7 +107,11 @@ fn web(n: usize, front: &[&str]) -> NodeRuleset {
         let name = format!("default/web-{i}");
         rs = rs
             .endpoint(&name, &[&format!("10.0.1.{}", 10 + i)])
-            .isolate(&name, palisade_ir::Direction::Ingress, &["default/allow-frontend"])
+            .isolate(
+                &name,
+                palisade_ir::Direction::Ingress,
+                &["default/allow-frontend"],
+            )
             .allow_in(
                 &name,
                 palisade_ir::Direction::Ingress,
@@ -125,12 +137,17 @@ fn a_pod_joining_a_selector_is_one_ipset_add_and_leaving_one_del() {
         let report = update(&mut dp, from, to);
         assert_eq!(report.operations, 1, "{verb}: {report:?}");
         let fake = dp.executor();
-        assert_eq!(fake.restores.len(), restores, "{verb}: no iptables-restore at all");
+        assert_eq!(
+            fake.restores.len(),
+            restores,
+            "{verb}: no iptables-restore at all"
+        );
         let sent: Vec<&String> = fake.ipset_inputs[inputs..].iter().collect();
         assert_eq!(sent.len(), 1, "{sent:?}");
         assert_eq!(sent[0].lines().count(), 1, "{}", sent[0]);
         assert!(
-            sent[0].starts_with(&format!("{verb} PAL-")) && sent[0].trim_end().ends_with(" 10.0.2.30"),
+            sent[0].starts_with(&format!("{verb} PAL-"))
+                && sent[0].trim_end().ends_with(" 10.0.2.30"),
             "{}",
             sent[0]
         );
@@ -161,13 +178,27 @@ fn foreign_chains_rules_and_sets_survive_every_apply() {
     let mut dp = IptablesDataplane::new(fake);
     let check = |dp: &IptablesDataplane<FakeIptables>, step: &str| {
         for family in Family::BOTH {
-            assert_eq!(dp.executor().chain(family, "KUBE-SERVICES").unwrap(), ["-j RETURN"], "{step}");
+            assert_eq!(
+                dp.executor().chain(family, "KUBE-SERVICES").unwrap(),
+                ["-j RETURN"],
+                "{step}"
+            );
             assert!(
-                dp.executor().chain(family, "FORWARD").unwrap().iter().any(|r| r == "-j KUBE-SERVICES"),
+                dp.executor()
+                    .chain(family, "FORWARD")
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == "-j KUBE-SERVICES"),
                 "{step}"
             );
         }
-        assert!(dp.executor().set("KUBE-NODE-IPS").unwrap().contains("192.0.2.1"), "{step}");
+        assert!(
+            dp.executor()
+                .set("KUBE-NODE-IPS")
+                .unwrap()
+                .contains("192.0.2.1"),
+            "{step}"
+        );
     };
     let all = scenarios();
     dp.apply_full(&all[1]).unwrap();
@@ -180,14 +211,25 @@ fn foreign_chains_rules_and_sets_survive_every_apply() {
     check(&dp, "second full");
     // The hook is not duplicated by a second full apply.
     assert_eq!(
-        dp.executor().chain(Family::V4, "FORWARD").unwrap().iter().filter(|r| r.contains("PAL-FORWARD")).count(),
+        dp.executor()
+            .chain(Family::V4, "FORWARD")
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains("PAL-FORWARD"))
+            .count(),
         1
     );
     dp.remove().unwrap();
     check(&dp, "remove");
     assert!(dp.executor().chain(Family::V4, "PAL-FORWARD").is_none());
     use palisade_iptables::IptablesExecutor as _;
-    assert!(dp.executor_mut().ipset_names().unwrap().iter().all(|n| !n.starts_with("PAL-")));
+    assert!(
+        dp.executor_mut()
+            .ipset_names()
+            .unwrap()
+            .iter()
+            .all(|n| !n.starts_with("PAL-"))
+    );
 }
 
 #[test]
@@ -199,8 +241,10 @@ fn a_failed_restore_changes_nothing() {
     let before = state(&mut dp);
     // The update's IPv4 restore fails, and so does the one of the full apply it falls
     // back to; both undo their ipset steps.
-    dp.executor_mut().push_failure("iptables-restore: line 3 failed");
-    dp.executor_mut().push_failure("iptables-restore: line 3 failed");
+    dp.executor_mut()
+        .push_failure("iptables-restore: line 3 failed");
+    dp.executor_mut()
+        .push_failure("iptables-restore: line 3 failed");
     let err = dp.apply_update(a, b, &RulesetDiff::between(a, b));
     assert!(err.is_err());
     assert!(err.unwrap_err().to_string().contains("iptables-nft"));
@@ -215,7 +259,10 @@ fn a_failed_ipv6_restore_undoes_the_ipv4_half() {
     dp.apply_full(a).unwrap();
     let before = state(&mut dp);
     // The update's ipset before and IPv4 restore run; the IPv6 restore is rejected.
-    let failing = FailV6 { inner: dp.into_executor(), fail: true };
+    let failing = FailV6 {
+        inner: dp.into_executor(),
+        fail: true,
+    };
     let mut dp = IptablesDataplane::new(failing);
     // The new dataplane takes `a` as applied (it has no plan of its own yet); the update
     // fails on IPv6, and so does the full apply it falls back to.
@@ -235,7 +282,11 @@ impl palisade_iptables::IptablesExecutor for FailV6 {
     fn mode(&self) -> palisade_iptables::IptablesMode {
         self.inner.mode()
     }
-    fn restore(&mut self, family: Family, input: &str) -> Result<(), palisade_iptables::IptablesError> {
+    fn restore(
+        &mut self,
+        family: Family,
+        input: &str,
+    ) -> Result<(), palisade_iptables::IptablesError> {
         if self.fail && family == Family::V6 {
             return Err(palisade_iptables::IptablesError::Failed {
                 command: "ip6tables-restore".into(),

@@ -24,7 +24,11 @@ fn golden_files_match() {
     for (name, rs) in common::fixtures() {
         rs.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
         let rendered = render_full(&rs).text();
-        assert_eq!(rendered, render_full(&rs).text(), "{name}: not deterministic");
+        assert_eq!(
+            rendered,
+            render_full(&rs).text(),
+            "{name}: not deterministic"
+        );
         let path = golden_path(name);
         if update {
             std::fs::write(&path, &rendered).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

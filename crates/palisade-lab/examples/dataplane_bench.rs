@@ -84,13 +84,13 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::time::{ClockId, clock_gettime};
 use palisade_engine::{ClusterState, Endpoint, Flow, LiveState};
+use palisade_iptables::{IptablesDataplane, IptablesMode, SystemIptables};
 use palisade_ir::{Dataplane, NodeRuleset, RulesetDiff};
 use palisade_lab::{Families, Lab, LabPod, LabSpec, ProbeOutcome};
 use palisade_model::{
     Direction, IpBlock, IpFamily, Key, LabelSelector, Labels, Namespace, NetworkPolicy, Object,
     Operator, Peer, Pod, PortMatch, PortSpec, Protocol, Requirement, Rule,
 };
-use palisade_iptables::{IptablesDataplane, IptablesMode, SystemIptables};
 use palisade_nft::{Config, NftDataplane, NftExecutor, SystemNft, render_full};
 use palisade_testkit::{GenParams, generate_cluster};
 use rand::seq::IndexedRandom;
@@ -1075,8 +1075,7 @@ fn measure_size(
                 (1, &b.enforced.server, palisade_ir::Direction::Ingress),
             ];
             for (i, pod, direction) in ends {
-                let (script, count) =
-                    old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
+                let (script, count) = old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
                 elements += count;
                 SystemNft::in_netns(b.lab.node_netns(ENFORCING[i]))
                     .run(&script)

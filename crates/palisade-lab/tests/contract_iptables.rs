@@ -21,10 +21,7 @@ impl IptablesExecutor for Rejected {
         self.0.mode()
     }
     fn restore(&mut self, family: Family, input: &str) -> Result<(), IptablesError> {
-        let input = input.replace(
-            "COMMIT\n",
-            "-A PAL-TEST-NO-SUCH-CHAIN -j ACCEPT\nCOMMIT\n",
-        );
+        let input = input.replace("COMMIT\n", "-A PAL-TEST-NO-SUCH-CHAIN -j ACCEPT\nCOMMIT\n");
         self.0.restore(family, &input)
     }
     fn save(&mut self, family: Family) -> Result<String, IptablesError> {
@@ -91,18 +88,33 @@ fn foreign_rules_survive(b: &BackendUnderTest, mode: IptablesMode) {
         format!("{}-{m}-{what}", family.command())
     };
     let run = |args: &[&str], stdin: Option<&[u8]>| {
-        let out = lab.run_in_node(0, args, stdin).expect("run in the lab node");
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = lab
+            .run_in_node(0, args, stdin)
+            .expect("run in the lab node");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let foreign = "*filter\n:FOREIGN-CHAIN - [0:0]\n-A FOREIGN-CHAIN -s 192.0.2.7/32 -j ACCEPT\n-A FORWARD -s 192.0.2.8/32 -j FOREIGN-CHAIN\nCOMMIT\n";
     let foreign6 = "*filter\n:FOREIGN-CHAIN - [0:0]\n-A FOREIGN-CHAIN -s 2001:db8::7/128 -j ACCEPT\n-A FORWARD -s 2001:db8::8/128 -j FOREIGN-CHAIN\nCOMMIT\n";
-    run(&[&tool(Family::V4, "restore"), "--noflush"], Some(foreign.as_bytes()));
-    run(&[&tool(Family::V6, "restore"), "--noflush"], Some(foreign6.as_bytes()));
+    run(
+        &[&tool(Family::V4, "restore"), "--noflush"],
+        Some(foreign.as_bytes()),
+    );
+    run(
+        &[&tool(Family::V6, "restore"), "--noflush"],
+        Some(foreign6.as_bytes()),
+    );
     run(&["ipset", "create", "foreign-set", "hash:ip"], None);
     run(&["ipset", "add", "foreign-set", "192.0.2.9"], None);
     let check = |step: &str| {
-        for (family, addr) in [(Family::V4, "192.0.2.7/32"), (Family::V6, "2001:db8::7/128")] {
+        for (family, addr) in [
+            (Family::V4, "192.0.2.7/32"),
+            (Family::V6, "2001:db8::7/128"),
+        ] {
             let save = run(&[&tool(family, "save"), "-t", "filter"], None);
             assert!(
                 save.contains(&format!("-A FOREIGN-CHAIN -s {addr} -j ACCEPT")),
@@ -116,7 +128,11 @@ fn foreign_rules_survive(b: &BackendUnderTest, mode: IptablesMode) {
             );
         }
         let sets = run(&["ipset", "save", "foreign-set"], None);
-        assert!(sets.contains("add foreign-set 192.0.2.9"), "{}: {step}: {sets}", b.name);
+        assert!(
+            sets.contains("add foreign-set 192.0.2.9"),
+            "{}: {step}: {sets}",
+            b.name
+        );
     };
     let sequence = ruleset_sequence_small(&lab);
     let mut dp = (b.make)(lab.node_netns(0));
@@ -131,14 +147,20 @@ fn foreign_rules_survive(b: &BackendUnderTest, mode: IptablesMode) {
         current = rs.clone();
         check(&format!("after apply {i}"));
         let save = run(&[&tool(Family::V4, "save"), "-t", "filter"], None);
-        assert!(save.contains("-j PAL-FORWARD"), "the hook is installed:\n{save}");
+        assert!(
+            save.contains("-j PAL-FORWARD"),
+            "the hook is installed:\n{save}"
+        );
     }
     dp.apply_full(&current).expect("full apply again");
     check("after a second full apply");
     dp.remove().expect("remove");
     check("after remove");
     let save = run(&[&tool(Family::V4, "save"), "-t", "filter"], None);
-    assert!(!save.contains("PAL-"), "remove left Palisade's chains:\n{save}");
+    assert!(
+        !save.contains("PAL-"),
+        "remove left Palisade's chains:\n{save}"
+    );
     run(&["ipset", "destroy", "foreign-set"], None);
 }
 
