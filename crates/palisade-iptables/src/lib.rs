@@ -152,10 +152,11 @@ impl<E: IptablesExecutor> IptablesDataplane<E> {
                 continue;
             }
             if let Err(e) = self.executor.restore(family, input) {
-                if family == Family::V6 && !undo_tables[0].is_empty() {
-                    if let Err(u) = self.executor.restore(Family::V4, undo_tables[0]) {
-                        tracing::error!(error = %u, "cannot undo the IPv4 half of a failed apply");
-                    }
+                if family == Family::V6
+                    && !undo_tables[0].is_empty()
+                    && let Err(u) = self.executor.restore(Family::V4, undo_tables[0])
+                {
+                    tracing::error!(error = %u, "cannot undo the IPv4 half of a failed apply");
                 }
                 let _ = self.executor.ipset_restore(&undo_order(&r.undo_before));
                 return Err(e.to_string());

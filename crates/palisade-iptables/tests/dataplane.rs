@@ -2,7 +2,7 @@
 //! the kernel holds afterwards, that an update leaves exactly what a full apply leaves,
 //! that other programs' chains and sets survive, and that failures change nothing.
 
-#[allow(dead_code)]
+// The fixtures of palisade-nft (that module allows its own dead code).
 #[path = "../../palisade-nft/tests/common/mod.rs"]
 mod common;
 

@@ -3,7 +3,7 @@
 //! palisade-nft's, so both backends are pinned on the same rulesets.
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p palisade-iptables --test golden`.
 
-#[allow(dead_code)]
+// The fixtures of palisade-nft (that module allows its own dead code).
 #[path = "../../palisade-nft/tests/common/mod.rs"]
 mod common;
 
