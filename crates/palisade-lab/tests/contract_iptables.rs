@@ -285,6 +285,52 @@ fn counters_follow_real_packets(b: &BackendUnderTest) {
     dp.remove().expect("remove");
 }
 
+/// `--backend iptables` picks the iptables backend that holds more rules, as kube-proxy's
+/// iptables wrapper does: nf_tables on a fresh node, legacy once another program's rules
+/// live there.
+#[test]
+fn iptables_backend_detection_follows_the_rules_on_the_node() {
+    use palisade_lab::{Lab, LabSpec, can_run_root_tests};
+    if !can_run_root_tests(true) {
+        return;
+    }
+    let _serial = contract::serial();
+    let lab = Lab::create(LabSpec {
+        nodes: 1,
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    let ns = lab.node_netns(0);
+    let detect = || SystemIptables::detect(Some(ns)).expect("detect");
+    assert_eq!(detect(), IptablesMode::Nft, "a fresh node");
+    let restore = |tool: &str, rules: &str| {
+        let input = format!("*filter\n:OTHER-AGENT - [0:0]\n{rules}COMMIT\n");
+        let out = lab
+            .run_in_node(0, &[tool, "--noflush"], Some(input.as_bytes()))
+            .expect("restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    restore(
+        "iptables-legacy-restore",
+        "-A OTHER-AGENT -s 192.0.2.1/32 -j RETURN\n-A OTHER-AGENT -s 192.0.2.2/32 -j RETURN\n",
+    );
+    assert_eq!(detect(), IptablesMode::Legacy, "legacy rules present");
+    assert_eq!(
+        SystemIptables::new(Some(ns), None).mode,
+        IptablesMode::Legacy,
+        "the dataplane follows the detection"
+    );
+    restore(
+        "iptables-nft-restore",
+        "-A OTHER-AGENT -s 192.0.2.1/32 -j RETURN\n-A OTHER-AGENT -s 192.0.2.2/32 -j RETURN\n-A OTHER-AGENT -s 192.0.2.3/32 -j RETURN\n",
+    );
+    assert_eq!(detect(), IptablesMode::Nft, "more nf_tables rules");
+}
+
 /// A few generated rulesets of the lab's only node.
 fn ruleset_sequence_small(lab: &palisade_lab::Lab) -> Vec<palisade_ir::NodeRuleset> {
     use palisade_engine::ClusterState;
