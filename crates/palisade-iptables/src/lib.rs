@@ -14,8 +14,8 @@
 //! `palisade-ir` alone.
 //!
 //! ## Layout
-//! See `plan.rs`: a hook `FORWARD -> PAL-FORWARD` (established/related return, invalid
-//! drop), dispatch gates (ipsets of endpoint addresses per direction) and dispatch trees
+//! See `plan.rs`: a hook `FORWARD -> PAL-FORWARD` for packets not of established or
+//! related connections (invalid ones dropped), dispatch gates (ipsets of endpoint addresses per direction) and dispatch trees
 //! (`PAL-EGRESS`/`PAL-INGRESS`, at most 16 rules per node), one chain per endpoint and
 //! filtered direction (`PAL-I-<hash>`/`PAL-E-<hash>`) holding one rule per policy rule
 //! (comment = its [`palisade_ir::RuleOrigin`], counter = its attribution) and the default

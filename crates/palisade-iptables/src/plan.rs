@@ -2,7 +2,9 @@
 //! `filter` table (rules as `iptables-restore` text after `-A CHAIN`), and the ipsets.
 //!
 //! Layout (per family; `4`/`6` in set names):
-//! - `PAL-FORWARD` (jumped to from the top of `FORWARD`): established/related return, invalid
+//! - `PAL-FORWARD`, jumped to from the first rule of `FORWARD` for packets that are not
+//!   of an established or related connection (those never leave `FORWARD`, and are also
+//!   returned by `PAL-FORWARD`'s first rule, should an older hook send them): invalid
 //!   drop, then `-m set --match-set PAL-GE-4 src -j PAL-EGRESS` (the endpoint addresses
 //!   whose egress is filtered) and `-m set --match-set PAL-GI-4 dst -j PAL-INGRESS`.
 //! - `PAL-EGRESS` / `PAL-INGRESS`: the root of a dispatch tree over endpoint addresses. A
@@ -11,7 +13,8 @@
 //!   meets O(16 log16 n) plain address compares and a pod joining rewrites one path.
 //! - `PAL-E-<hash>` / `PAL-I-<hash>`: one chain per endpoint and filtered direction: the
 //!   admin tier, then the NetworkPolicy tier as one rule per policy rule (and per protocol
-//!   chunk of its ports): `-p tcp -m multiport --dports 80,8000:8080 -m set --match-set
+//!   chunk of its ports; one port or range as `-p tcp -m tcp --dport 80`): `-p tcp -m
+//!   multiport --dports 80,8000:8080 -m set --match-set
 //!   PAL-<set>-4 src -m comment --comment "<origin>" -j RETURN`, in the order
 //!   [`palisade_ir::eval`] attributes packets (rules naming peers first), then the default
 //!   deny `-m comment --comment "default deny: ..." -j DROP`. Every rule carries its own
