@@ -657,3 +657,100 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod dispatch_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Follows the dispatch tree from `root` as iptables would for a packet whose endpoint
+    /// address (source for egress, destination for ingress) is `ip`: the first rule whose
+    /// prefix holds the address `-g`oes to its target. Returns the endpoint chain reached,
+    /// None when the packet falls off the tree. Counts the rules met.
+    fn dispatch(table: &Table, root: &str, ip: IpAddr, met: &mut usize) -> Option<String> {
+        let mut chain = root.to_string();
+        loop {
+            let rules = table.chains.get(&chain).expect("chain exists");
+            let mut next = None;
+            for rule in rules.iter() {
+                *met += 1;
+                let w: Vec<&str> = rule.spec.split_whitespace().collect();
+                let [_flag, net, "-g", target] = w.as_slice() else {
+                    panic!("unexpected dispatch rule {}", rule.spec);
+                };
+                let net: IpNet = net.parse().expect("prefix");
+                if net.contains(&ip) {
+                    next = Some(target.to_string());
+                    break;
+                }
+            }
+            match next {
+                None => return None,
+                Some(t) if t.starts_with("PAL-ET-") || t.starts_with("PAL-IT-") => chain = t,
+                Some(t) => return Some(t),
+            }
+        }
+    }
+
+    fn endpoint(i: usize, ip: IpAddr) -> Endpoint {
+        let isolated = DirectionRules {
+            isolated: true,
+            isolated_by: vec!["ns/p".into()],
+            ..Default::default()
+        };
+        Endpoint {
+            name: format!("ns/pod-{i}"),
+            ips: vec![ip],
+            ingress: isolated.clone(),
+            egress: if i % 3 == 0 {
+                isolated
+            } else {
+                Default::default()
+            },
+        }
+    }
+
+    proptest! {
+        /// Every endpoint address reaches its own chain, in a bounded number of rules;
+        /// other addresses fall off the tree.
+        #[test]
+        fn every_endpoint_address_reaches_its_own_chain(
+            v4 in proptest::collection::btree_set(any::<u32>().prop_map(|a| a & 0x0a0f_ffff | 0x0a00_0000), 0..400),
+            v6 in proptest::collection::btree_set(any::<u16>(), 0..100),
+            probes in proptest::collection::vec(any::<u32>(), 20),
+        ) {
+            let mut rs = NodeRuleset::default();
+            let mut ips: Vec<IpAddr> = v4.iter().map(|a| IpAddr::from(a.to_be_bytes())).collect();
+            ips.extend(v6.iter().map(|a| IpAddr::from(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, *a))));
+            for (i, ip) in ips.iter().enumerate() {
+                let ep = endpoint(i, *ip);
+                rs.endpoints.insert(ep.name.clone(), ep);
+            }
+            let plan = plan(&rs);
+            for (i, ip) in ips.iter().enumerate() {
+                let table = &plan.tables[Family::of(ip).index()];
+                for (direction, root) in [(Direction::Ingress, "PAL-INGRESS"), (Direction::Egress, "PAL-EGRESS")] {
+                    let mut met = 0;
+                    let got = dispatch(table, root, *ip, &mut met);
+                    let filtered = direction == Direction::Ingress || i % 3 == 0;
+                    let want = filtered.then(|| endpoint_chain(&format!("ns/pod-{i}"), direction));
+                    prop_assert_eq!(got, want, "{} {:?}", ip, direction);
+                    // At most 16 rules per level, and a level per 4 bits.
+                    prop_assert!(met <= LEAF * (1 + Family::of(ip).bits() as usize / 4), "{met} rules");
+                }
+                let gate = &plan.sets[&gate_set_name(Direction::Ingress, Family::of(ip))];
+                prop_assert!(gate.elements.contains(&ip.to_string()));
+            }
+            for p in probes {
+                let ip = IpAddr::from(p.to_be_bytes());
+                if ips.contains(&ip) {
+                    continue;
+                }
+                let mut met = 0;
+                let table = &plan.tables[0];
+                prop_assert_eq!(dispatch(table, "PAL-INGRESS", ip, &mut met), None);
+            }
+        }
+    }
+}
