@@ -703,7 +703,7 @@ mod dispatch_tests {
             name: format!("ns/pod-{i}"),
             ips: vec![ip],
             ingress: isolated.clone(),
-            egress: if i % 3 == 0 {
+            egress: if i.is_multiple_of(3) {
                 isolated
             } else {
                 Default::default()
@@ -733,7 +733,7 @@ mod dispatch_tests {
                 for (direction, root) in [(Direction::Ingress, "PAL-INGRESS"), (Direction::Egress, "PAL-EGRESS")] {
                     let mut met = 0;
                     let got = dispatch(table, root, *ip, &mut met);
-                    let filtered = direction == Direction::Ingress || i % 3 == 0;
+                    let filtered = direction == Direction::Ingress || i.is_multiple_of(3);
                     let want = filtered.then(|| endpoint_chain(&format!("ns/pod-{i}"), direction));
                     prop_assert_eq!(got, want, "{} {:?}", ip, direction);
                     // At most 16 rules per level, and a level per 4 bits.
