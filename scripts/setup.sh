@@ -3,6 +3,8 @@
 # the dataplanes, and a Rust toolchain if there is none. Safe to run again (a no-op then).
 set -euo pipefail
 
+# iptables ships both iptables-legacy and iptables-nft (the iptables dataplane is tested on
+# both); ipset holds its peer sets.
 packages=(nftables iptables ipset iproute2 iperf3 procps ca-certificates curl build-essential pkg-config graphviz)
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,8 @@
 //!
 //! - `api_changes_are_enforced_on_the_right_nodes`: policy create (timed from the API call
 //!   to the packets), egress on the other node, pod label change, namespace label change,
-//!   policy update and delete, each seen in real packets, IPv4 and IPv6.
+//!   policy update and delete, each seen in real packets, IPv4 and IPv6; run once per
+//!   dataplane backend (`nft`, and `iptables` as `_iptables`).
 //! - `a_reused_pod_ip_never_inherits_the_old_pods_allows`: a completed pod that keeps its
 //!   IP in its status, a pod deleted and its IP given to a pod with other labels, as a peer
 //!   and as the selected pod.
@@ -113,8 +114,35 @@ async fn timed<F: Future<Output = Result<()>>>(
     Ok(Timed { api_to_packets })
 }
 
+/// A dataplane backend the agents run with: its `--backend` and how to list what it
+/// installed in a node (to check which node holds which rules).
+struct Backend {
+    arg: &'static str,
+    listing: &'static [&'static str],
+}
+
+const NFT: Backend = Backend {
+    arg: "--backend=nft",
+    listing: &["nft", "list", "table", "inet", "palisade"],
+};
+
+const IPTABLES: Backend = Backend {
+    // Forced onto nf_tables: the listing must read the same backend the agent writes.
+    arg: "--backend=iptables-nft",
+    listing: &["iptables-nft-save", "-t", "filter"],
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_changes_are_enforced_on_the_right_nodes() -> Result<()> {
+    api_changes_are_enforced(&NFT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_changes_are_enforced_on_the_right_nodes_iptables() -> Result<()> {
+    api_changes_are_enforced(&IPTABLES).await
+}
+
+async fn api_changes_are_enforced(backend: &Backend) -> Result<()> {
     if !e2e_prerequisites() {
         return Ok(());
     }
@@ -169,7 +197,8 @@ async fn api_changes_are_enforced_on_the_right_nodes() -> Result<()> {
         tcp_ports(&[80]),
     )
     .await?;
-    c.start_agents(|_| {}).await?;
+    c.start_agents(|s| s.extra_args.push(backend.arg.into()))
+        .await?;
 
     // No policy: everything flows.
     let mut open = Vec::new();
@@ -211,8 +240,8 @@ async fn api_changes_are_enforced_on_the_right_nodes() -> Result<()> {
     let ruleset = |i: usize| -> String {
         let out = c
             .lab
-            .run_in_node(i, &["nft", "list", "table", "inet", "palisade"], None)
-            .expect("nft");
+            .run_in_node(i, backend.listing, None)
+            .expect("listing the node's rules");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(

@@ -25,6 +25,25 @@ use crate::analysis::{PortArg, render_matrix};
 pub enum Backend {
     /// nftables: one `inet` table per node, applied atomically (the default).
     Nft,
+    /// iptables + ipset: Palisade's own chains (`PAL-*`) in the `filter` tables and ipsets,
+    /// on the iptables backend the host uses (legacy or nf_tables, detected as kube-proxy
+    /// does: the one holding more rules).
+    Iptables,
+    /// iptables + ipset, forced onto the legacy (x_tables) backend.
+    IptablesLegacy,
+    /// iptables + ipset, forced onto the nf_tables backend (`iptables-nft`).
+    IptablesNft,
+}
+
+impl Backend {
+    /// The iptables backend forced by this choice (`None`: detect it, or not iptables).
+    fn iptables_mode(self) -> Option<palisade_iptables::IptablesMode> {
+        match self {
+            Backend::IptablesLegacy => Some(palisade_iptables::IptablesMode::Legacy),
+            Backend::IptablesNft => Some(palisade_iptables::IptablesMode::Nft),
+            Backend::Nft | Backend::Iptables => None,
+        }
+    }
 }
 
 /// Builds a backend that applies inside `netns` (None = this process's namespace).
@@ -46,6 +65,12 @@ pub fn make_dataplane(
                 events,
             };
             Box::new(NftDataplane::new(exec, config))
+        }
+        // The iptables backend's objects are named `PAL-*`; `table` names nft tables only.
+        Backend::Iptables | Backend::IptablesLegacy | Backend::IptablesNft => {
+            Box::new(palisade_iptables::IptablesDataplane::new(
+                palisade_iptables::SystemIptables::new(netns, backend.iptables_mode()),
+            ))
         }
     }
 }
@@ -103,6 +128,9 @@ pub fn render_dry_run(
                 events: None,
             },
         )),
+        Backend::Iptables | Backend::IptablesLegacy | Backend::IptablesNft => {
+            Ok(palisade_iptables::render_full(ruleset).text())
+        }
     }
 }
 

@@ -346,6 +346,19 @@ const CASES: &[(&str, &[&str])] = &[
             "--dry-run",
         ],
     ),
+    (
+        "apply_dry_run_iptables",
+        &[
+            "apply",
+            "--backend",
+            "iptables",
+            "-f",
+            "testdata/apply",
+            "--node",
+            "node-a",
+            "--dry-run",
+        ],
+    ),
 ];
 
 fn run(args: &[&str]) -> String {

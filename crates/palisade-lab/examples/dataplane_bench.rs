@@ -1,8 +1,13 @@
-//! Dataplane benchmark of the nftables backend, with real packets in the lab (root only).
-//! Results and the commands that produced them: BENCHMARKS.md, "Dataplane (nftables)".
+//! Dataplane benchmark of the nftables and iptables backends, with real packets in the lab
+//! (root only). Results and the commands that produced them: BENCHMARKS.md, "Dataplane
+//! (nftables)" and "Dataplane (iptables + ipset)".
 //!
 //! ```text
 //! cargo run --release -p palisade-lab --example dataplane_bench -- [options]
+//!   --backends nft             the backends measured, comma-separated, each against the
+//!                              same baseline in the same run: nft, iptables-nft,
+//!                              iptables-legacy (one at a time on the enforcing nodes; the
+//!                              previous one is removed first)
 //!   --sizes 0,100,1000,10000,10000:50
 //!                              policies installed (and as many pods as addresses); `N:M`:
 //!                              M non-matching policies per direction on the measured
@@ -79,6 +84,7 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::time::{ClockId, clock_gettime};
 use palisade_engine::{ClusterState, Endpoint, Flow, LiveState};
+use palisade_iptables::{IptablesDataplane, IptablesMode, SystemIptables};
 use palisade_ir::{Dataplane, NodeRuleset, RulesetDiff};
 use palisade_lab::{Families, Lab, LabPod, LabSpec, ProbeOutcome};
 use palisade_model::{
@@ -120,6 +126,81 @@ struct Args {
     dump: Option<String>,
     /// Also measure the measured chains in the old one-lookup-per-rule layout.
     old_layout: bool,
+    backends: Vec<BenchBackend>,
+}
+
+/// A dataplane the bench can measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BenchBackend {
+    Nft,
+    IptablesNft,
+    IptablesLegacy,
+}
+
+impl BenchBackend {
+    fn parse(s: &str) -> Result<BenchBackend, String> {
+        match s.trim() {
+            "nft" => Ok(BenchBackend::Nft),
+            "iptables-nft" => Ok(BenchBackend::IptablesNft),
+            "iptables-legacy" => Ok(BenchBackend::IptablesLegacy),
+            other => Err(format!(
+                "--backends: unknown backend {other:?} (nft, iptables-nft, iptables-legacy)"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BenchBackend::Nft => "nft",
+            BenchBackend::IptablesNft => "iptables-nft",
+            BenchBackend::IptablesLegacy => "iptables-legacy",
+        }
+    }
+
+    /// The backend's dataplane inside `netns`.
+    fn make(self, netns: &str) -> Box<dyn Dataplane> {
+        let iptables = |mode| -> Box<dyn Dataplane> {
+            Box::new(IptablesDataplane::new(SystemIptables::new(
+                Some(netns),
+                Some(mode),
+            )))
+        };
+        match self {
+            BenchBackend::Nft => Box::new(NftDataplane::new(
+                SystemNft::in_netns(netns),
+                Config::default(),
+            )),
+            BenchBackend::IptablesNft => iptables(IptablesMode::Nft),
+            BenchBackend::IptablesLegacy => iptables(IptablesMode::Legacy),
+        }
+    }
+
+    /// The full render of `rs` (what `--dump` writes) and the objects it creates.
+    fn render(self, rs: &NodeRuleset) -> (String, KernelCounts) {
+        match self {
+            BenchBackend::Nft => {
+                let text = render_full(rs, &Config::default());
+                let counts = kernel_counts(&text);
+                (text, counts)
+            }
+            BenchBackend::IptablesNft | BenchBackend::IptablesLegacy => {
+                let r = palisade_iptables::render_full(rs);
+                let mut c = KernelCounts::default();
+                for restore in &r.restore {
+                    c.chains += restore.lines().filter(|l| l.starts_with(':')).count();
+                    c.rules += restore.lines().filter(|l| l.starts_with("-A ")).count();
+                }
+                for line in r.ipset_before.lines().chain(r.ipset_after.lines()) {
+                    if line.starts_with("create PAL-") && !line.starts_with("create PAL-T-") {
+                        c.sets += 1;
+                    } else if line.starts_with("add ") {
+                        c.set_elements += 1;
+                    }
+                }
+                (r.text(), c)
+            }
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -138,6 +219,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 7,
         dump: None,
         old_layout: false,
+        backends: vec![BenchBackend::Nft],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -166,6 +248,12 @@ fn parse_args() -> Result<Args, String> {
             "--updates" => a.updates = num(&value)? as usize,
             "--seed" => a.seed = num(&value)?,
             "--dump" => a.dump = Some(value),
+            "--backends" | "--backend" => {
+                a.backends = value
+                    .split(',')
+                    .map(BenchBackend::parse)
+                    .collect::<Result<_, _>>()?;
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -682,16 +770,20 @@ struct Pair {
     server_ip: IpAddr,
 }
 
-/// The lab, the nft dataplanes of the enforcing nodes and the two pairs.
+/// The lab, the dataplanes of the enforcing nodes (per backend) and the two pairs.
 struct Bench {
     lab: Lab,
     enforced: Pair,
     baseline: Pair,
-    dataplanes: Vec<NftDataplane<SystemNft>>,
+    backends: Vec<BenchBackend>,
+    /// Per backend (as in `backends`), one dataplane per enforcing node.
+    dataplanes: Vec<Vec<Box<dyn Dataplane>>>,
+    /// The backend whose rules the enforcing nodes hold.
+    active: Option<usize>,
 }
 
 impl Bench {
-    fn create() -> Result<Bench, String> {
+    fn create(backends: &[BenchBackend]) -> Result<Bench, String> {
         let key = |s: &str| s.parse::<Key>();
         let served = [(CONN_PORT, Protocol::Tcp), (DENIED_PORT, Protocol::Tcp)];
         let spec = LabSpec {
@@ -730,26 +822,50 @@ impl Bench {
                 return Err(format!("sysctl: {}", String::from_utf8_lossy(&out.stderr)));
             }
         }
-        let dataplanes = ENFORCING
+        let dataplanes = backends
             .iter()
-            .map(|&i| NftDataplane::new(SystemNft::in_netns(lab.node_netns(i)), Config::default()))
+            .map(|backend| {
+                ENFORCING
+                    .iter()
+                    .map(|&i| backend.make(lab.node_netns(i)))
+                    .collect()
+            })
             .collect();
         Ok(Bench {
             lab,
             enforced,
             baseline,
+            backends: backends.to_vec(),
             dataplanes,
+            active: None,
         })
+    }
+
+    /// Makes backend `k` the one on the enforcing nodes: the previous one's rules are
+    /// removed first (two backends would both filter).
+    fn activate(&mut self, k: usize) -> Result<(), String> {
+        if let Some(previous) = self.active
+            && previous != k
+        {
+            for d in &mut self.dataplanes[previous] {
+                d.remove().map_err(|e| e.to_string())?;
+            }
+            // Removing a large ruleset keeps the kernel busy for a while after the command.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        self.active = Some(k);
+        Ok(())
     }
 
     fn node_name(&self, i: usize) -> String {
         self.lab.node_names()[ENFORCING[i]].clone()
     }
 
-    /// Full apply on every enforcing node; returns each node's time.
-    fn apply_all(&mut self, rulesets: &[NodeRuleset]) -> Result<Vec<Duration>, String> {
+    /// Full apply of backend `k` on every enforcing node; returns each node's time.
+    fn apply_all(&mut self, k: usize, rulesets: &[NodeRuleset]) -> Result<Vec<Duration>, String> {
+        self.activate(k)?;
         let mut times = Vec::new();
-        for (d, rs) in self.dataplanes.iter_mut().zip(rulesets) {
+        for (d, rs) in self.dataplanes[k].iter_mut().zip(rulesets) {
             let t = Instant::now();
             d.apply_full(rs).map_err(|e| e.to_string())?;
             times.push(t.elapsed());
@@ -848,6 +964,7 @@ impl Comparison {
 
 #[derive(Debug, Default)]
 struct SizeResult {
+    backend: &'static str,
     pods: usize,
     policies: usize,
     nodes: usize,
@@ -857,6 +974,8 @@ struct SizeResult {
     compile: Vec<Duration>,
     render_full: Vec<Duration>,
     full_apply: Vec<Duration>,
+    /// A second full apply onto the same rules (the periodic resync).
+    resync: Vec<Duration>,
     cmp: Comparison,
     /// The old layout on the measured chains (with `--old-layout`).
     old_layout: Option<(usize, Comparison)>,
@@ -866,18 +985,11 @@ fn measure_size(
     b: &mut Bench,
     args: &Args,
     size: Size,
-) -> Result<(SizeResult, ClusterState, Vec<NodeRuleset>), String> {
+) -> Result<(Vec<SizeResult>, ClusterState, Vec<NodeRuleset>), String> {
     let n = size.n;
     let t = Instant::now();
     let state = build_state(&b.lab, &b.enforced, size, args);
     eprintln!("size {n}: engine state built in {} ms", ms(t.elapsed()));
-    let mut r = SizeResult {
-        pods: state.pod_count(),
-        policies: state.policy_count(),
-        nodes: if n == 0 { 2 } else { generated_nodes(n, args) },
-        m: size.m,
-        ..SizeResult::default()
-    };
     // The engine must agree that the measured flow is allowed.
     let flow = Flow {
         src: Endpoint::Pod(b.enforced.client.clone()),
@@ -893,73 +1005,96 @@ fn measure_size(
         ));
     }
     let mut rulesets = Vec::new();
-    let cfg = Config::default();
+    let mut compile = Vec::new();
     for i in 0..ENFORCING.len() {
         let t = Instant::now();
         let rs = state.compile_node(&b.node_name(i));
-        r.compile.push(t.elapsed());
-        let t = Instant::now();
-        let script = render_full(&rs, &cfg);
-        r.render_full.push(t.elapsed());
-        r.kernel.push(kernel_counts(&script));
-        r.ir.push(rs.stats());
+        compile.push(t.elapsed());
         rulesets.push(rs);
     }
-    r.full_apply = b.apply_all(&rulesets)?;
-    eprintln!(
-        "size {n}: compiled in {:?} ms, full apply in {:?} ms, kernel {:?}",
-        r.compile.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-        r.full_apply.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-        r.kernel
-    );
-    // Sanity: the allowed port connects; with policies, the other served port is dropped
-    // on the enforced pair and not on the baseline pair.
-    let ok = b.probe(&b.enforced, CONN_PORT, Duration::from_secs(2));
-    if !ok.is_connected() {
-        return Err(format!(
-            "size {n}: the allowed flow does not connect through the table: {ok}"
-        ));
-    }
-    if n > 0 {
-        let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
-        if denied != ProbeOutcome::TimedOut {
-            return Err(format!(
-                "size {n}: port {DENIED_PORT} should be dropped, got {denied}"
-            ));
+    let mut results = Vec::new();
+    for k in 0..b.backends.len() {
+        let backend = b.backends[k];
+        let name = backend.name();
+        let mut r = SizeResult {
+            backend: name,
+            pods: state.pod_count(),
+            policies: state.policy_count(),
+            nodes: if n == 0 { 2 } else { generated_nodes(n, args) },
+            m: size.m,
+            compile: compile.clone(),
+            ..SizeResult::default()
+        };
+        for rs in &rulesets {
+            let t = Instant::now();
+            let (_, counts) = backend.render(rs);
+            r.render_full.push(t.elapsed());
+            r.kernel.push(counts);
+            r.ir.push(rs.stats());
         }
-    }
-    let open = b.probe(&b.baseline, DENIED_PORT, Duration::from_secs(2));
-    if !open.is_connected() {
-        return Err(format!(
-            "size {n}: the baseline pair does not connect: {open}"
-        ));
-    }
-    r.cmp = b.compare(args, &format!("size {n}"))?;
-    if args.old_layout && n > 0 {
-        let mut elements = 0;
-        let ends = [
-            (0, &b.enforced.client, palisade_ir::Direction::Egress),
-            (1, &b.enforced.server, palisade_ir::Direction::Ingress),
-        ];
-        for (i, pod, direction) in ends {
-            let (script, count) = old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
-            elements += count;
-            b.dataplanes[i]
-                .executor_mut()
-                .run(&script)
-                .map_err(|e| e.to_string())?;
-        }
+        r.full_apply = b.apply_all(k, &rulesets)?;
+        eprintln!(
+            "size {n} {name}: compiled in {:?} ms, full apply in {:?} ms, kernel {:?}",
+            r.compile.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            r.full_apply.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            r.kernel
+        );
+        // A second full apply onto what is there: the periodic resync.
+        let again = b.apply_all(k, &rulesets)?;
+        eprintln!(
+            "size {n} {name}: full apply again (resync) in {:?} ms",
+            again.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        );
+        r.resync = again;
+        // Sanity: the allowed port connects; with policies, the other served port is
+        // dropped on the enforced pair and not on the baseline pair.
         let ok = b.probe(&b.enforced, CONN_PORT, Duration::from_secs(2));
-        let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
-        if !ok.is_connected() || denied != ProbeOutcome::TimedOut {
+        if !ok.is_connected() {
             return Err(format!(
-                "size {n}: old-layout chains: allowed {ok}, denied {denied}"
+                "size {n} {name}: the allowed flow does not connect through the rules: {ok}"
             ));
         }
-        r.old_layout = Some((elements, b.compare(args, &format!("size {n} old layout"))?));
-        b.apply_all(&rulesets)?;
+        if n > 0 {
+            let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
+            if denied != ProbeOutcome::TimedOut {
+                return Err(format!(
+                    "size {n} {name}: port {DENIED_PORT} should be dropped, got {denied}"
+                ));
+            }
+        }
+        let open = b.probe(&b.baseline, DENIED_PORT, Duration::from_secs(2));
+        if !open.is_connected() {
+            return Err(format!(
+                "size {n}: the baseline pair does not connect: {open}"
+            ));
+        }
+        r.cmp = b.compare(args, &format!("size {n} {name}"))?;
+        if args.old_layout && n > 0 && backend == BenchBackend::Nft {
+            let mut elements = 0;
+            let ends = [
+                (0, &b.enforced.client, palisade_ir::Direction::Egress),
+                (1, &b.enforced.server, palisade_ir::Direction::Ingress),
+            ];
+            for (i, pod, direction) in ends {
+                let (script, count) = old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
+                elements += count;
+                SystemNft::in_netns(b.lab.node_netns(ENFORCING[i]))
+                    .run(&script)
+                    .map_err(|e| e.to_string())?;
+            }
+            let ok = b.probe(&b.enforced, CONN_PORT, Duration::from_secs(2));
+            let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
+            if !ok.is_connected() || denied != ProbeOutcome::TimedOut {
+                return Err(format!(
+                    "size {n}: old-layout chains: allowed {ok}, denied {denied}"
+                ));
+            }
+            r.old_layout = Some((elements, b.compare(args, &format!("size {n} old layout"))?));
+            b.apply_all(k, &rulesets)?;
+        }
+        results.push(r);
     }
-    Ok((r, state, rulesets))
+    Ok((results, state, rulesets))
 }
 
 // ---- the old layout: one set lookup per rule ----
@@ -1076,6 +1211,7 @@ struct UpdateSamples {
 
 fn measure_updates(
     b: &mut Bench,
+    k: usize,
     state: &mut ClusterState,
     rulesets: &mut [NodeRuleset],
     args: &Args,
@@ -1101,12 +1237,10 @@ fn measure_updates(
     // As the agent runs it: incremental engine state, and a dataplane per node that keeps
     // the plan it applied (seeded by one full apply of what the tables already hold).
     let mut live = LiveState::from_state(std::mem::take(state));
-    let mut dataplanes: Vec<NftDataplane<SystemNft>> = Vec::new();
+    b.activate(k)?;
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
     for (i, &node) in ENFORCING.iter().enumerate() {
-        let mut dp = NftDataplane::new(
-            SystemNft::in_netns(b.lab.node_netns(node)),
-            Config::default(),
-        );
+        let mut dp = b.backends[k].make(b.lab.node_netns(node));
         dp.apply_full(&rulesets[i]).map_err(|e| e.to_string())?;
         dataplanes.push(dp);
     }
@@ -1181,7 +1315,7 @@ fn measure_updates(
                     .map_err(|e| format!("update {u}: {e}"))?;
                 if report.full {
                     return Err(format!(
-                        "update {u}: nft rejected the update (fell back to full)"
+                        "update {u}: the kernel rejected the update (fell back to full)"
                     ));
                 }
                 ops = report.operations;
@@ -1280,7 +1414,7 @@ fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
     for r in results {
         row(
             &mut s,
-            r.policies.to_string(),
+            format!("{} ({})", r.policies, r.backend),
             r.pods,
             r.nodes,
             r.m.to_string(),
@@ -1297,18 +1431,19 @@ fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| policies | node | endpoints | IR rules | IR peer sets | chains | rules | sets | set elements | map elements | compile (ms) | render full (ms) | full apply (ms) |"
+        "| policies | backend | node | endpoints | IR rules | IR peer sets | chains | rules | sets | set elements | map elements | compile (ms) | render full (ms) | full apply (ms) | full apply again, resync (ms) |"
     );
     let _ = writeln!(
         s,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         for (i, (ir, k)) in r.ir.iter().zip(&r.kernel).enumerate() {
             let _ = writeln!(
                 s,
-                "| {} | {i} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {i} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.policies,
+                r.backend,
                 ir.endpoints,
                 ir.rules,
                 ir.peer_sets,
@@ -1320,6 +1455,7 @@ fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
                 ms(r.compile[i]),
                 ms(r.render_full[i]),
                 ms(r.full_apply[i]),
+                r.resync.get(i).map_or("-".to_string(), |d| ms(*d)),
             );
         }
     }
@@ -1341,7 +1477,7 @@ fn report_updates(name: &str, u: &UpdateSamples) -> String {
     s.push_str(&row("engine upsert", &u.upsert));
     s.push_str(&row("compile node", &u.compile));
     s.push_str(&row("IR diff", &u.render));
-    s.push_str(&row("apply (plan, render, nft -f)", &u.nft));
+    s.push_str(&row("apply (plan, render, kernel)", &u.nft));
     s.push_str(&row("**total**", &u.total));
     let _ = writeln!(
         s,
@@ -1353,7 +1489,7 @@ fn report_updates(name: &str, u: &UpdateSamples) -> String {
     ops.sort();
     let _ = writeln!(
         s,
-        "| {name} | nft commands | {} | {} | {} |",
+        "| {name} | kernel operations | {} | {} | {} |",
         ops.get(ops.len() / 2).copied().unwrap_or(0),
         ops.get((ops.len() * 99 / 100).min(ops.len().saturating_sub(1)))
             .copied()
@@ -1378,9 +1514,12 @@ fn environment() -> String {
             .unwrap_or_default()
     };
     format!(
-        "kernel {}, {}, {}, {} CPUs",
+        "kernel {}, {}, {}, {}, {}, {}, {} CPUs",
         first_line(&["uname", "-r"]),
         first_line(&["nft", "--version"]),
+        first_line(&["iptables-legacy", "--version"]),
+        first_line(&["iptables-nft", "--version"]),
+        first_line(&["ipset", "--version"]),
         first_line(&["iperf3", "--version"]),
         std::thread::available_parallelism().map_or(0, usize::from)
     )
@@ -1391,13 +1530,17 @@ fn dump(b: &Bench, args: &Args, dir: &str) -> Result<String, String> {
         let n = size.n;
         let state = build_state(&b.lab, &b.enforced, size, args);
         let rs = state.compile_node(&b.node_name(0));
-        let text = render_full(&rs, &Config::default());
-        eprintln!(
-            "size {n}: IR {:?}, kernel {:?}",
-            rs.stats(),
-            kernel_counts(&text)
-        );
-        std::fs::write(format!("{dir}/full-{n}.nft"), text).map_err(|e| e.to_string())?;
+        for backend in &args.backends {
+            let (text, counts) = backend.render(&rs);
+            eprintln!(
+                "size {n} {}: IR {:?}, kernel {:?}",
+                backend.name(),
+                rs.stats(),
+                counts
+            );
+            std::fs::write(format!("{dir}/full-{n}.{}", backend.name()), text)
+                .map_err(|e| e.to_string())?;
+        }
     }
     Ok(format!("scripts written to {dir}"))
 }
@@ -1457,7 +1600,7 @@ fn report_iperf(out: &mut String, label: &str, rows: &[(bool, IperfRun)]) {
 }
 
 fn run(args: &Args) -> Result<String, String> {
-    let mut b = Bench::create()?;
+    let mut b = Bench::create(&args.backends)?;
     if let Some(dir) = &args.dump {
         return dump(&b, args, dir);
     }
@@ -1470,11 +1613,11 @@ fn run(args: &Args) -> Result<String, String> {
     let mut last = None;
     for &size in &args.sizes {
         let (r, state, rulesets) = measure_size(&mut b, args, size)?;
-        results.push(r);
+        results.extend(r);
         last = Some((size.n, state, rulesets));
     }
     out.push_str(&report_sizes(&calibration, &results));
-    let (n, mut state, mut rulesets) = last.ok_or("no sizes")?;
+    let (n, state, rulesets) = last.ok_or("no sizes")?;
 
     if args.iperf_secs > 0 {
         let _ = writeln!(
@@ -1486,23 +1629,32 @@ fn run(args: &Args) -> Result<String, String> {
             out,
             "| table | run | Gbit/s | sender CPU % | Gbit/s per CPU | retransmits |\n|---|---|---:|---:|---:|---:|"
         );
-        let rows = iperf_rows(&b, args, "as rendered")?;
-        report_iperf(&mut out, "as rendered", &rows);
+        for k in 0..b.backends.len() {
+            b.apply_all(k, &rulesets)?;
+            let label = b.backends[k].name();
+            let rows = iperf_rows(&b, args, label)?;
+            report_iperf(&mut out, label, &rows);
+        }
     }
 
     if args.updates > 0 {
-        let (relabels, adds) = measure_updates(&mut b, &mut state, &mut rulesets, args)?;
-        let _ = writeln!(
-            out,
-            "\n### Change to kernel at {n} policies ({} updates of each kind; per update, the slower node)\n",
-            args.updates
-        );
-        let _ = writeln!(
-            out,
-            "| change | phase | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---:|---:|---:|"
-        );
-        out.push_str(&report_updates("pod relabel", &relabels));
-        out.push_str(&report_updates("policy add", &adds));
+        for k in 0..b.backends.len() {
+            // Every backend starts from the same state and draws the same changes.
+            let (mut st, mut rs) = (state.clone(), rulesets.clone());
+            let (relabels, adds) = measure_updates(&mut b, k, &mut st, &mut rs, args)?;
+            let _ = writeln!(
+                out,
+                "\n### Change to kernel at {n} policies, {} ({} updates of each kind; per update, the slower node)\n",
+                b.backends[k].name(),
+                args.updates
+            );
+            let _ = writeln!(
+                out,
+                "| change | phase | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---:|---:|---:|"
+            );
+            out.push_str(&report_updates("pod relabel", &relabels));
+            out.push_str(&report_updates("policy add", &adds));
+        }
     }
     let _ = writeln!(out, "\nwhole run: {:.0} s", started.elapsed().as_secs_f64());
     b.lab.destroy().map_err(|e| e.to_string())?;
