@@ -67,11 +67,13 @@ pub fn make_dataplane(
             Box::new(NftDataplane::new(exec, config))
         }
         // The iptables backend's objects are named `PAL-*`; `table` names nft tables only.
-        Backend::Iptables | Backend::IptablesLegacy | Backend::IptablesNft => {
-            Box::new(palisade_iptables::IptablesDataplane::new(
-                palisade_iptables::SystemIptables::new(netns, backend.iptables_mode()),
+        Backend::Iptables | Backend::IptablesLegacy | Backend::IptablesNft => Box::new(
+            palisade_iptables::IptablesDataplane::new(palisade_iptables::SystemIptables::new(
+                netns,
+                backend.iptables_mode(),
             ))
-        }
+            .with_events(events),
+        ),
     }
 }
 

@@ -2,6 +2,7 @@
 //! restore`/`save`. [`SystemIptables`] runs the real tools (optionally inside a network
 //! namespace); [`FakeIptables`] interprets what Palisade emits, for tests without root.
 
+use palisade_ir::events::EventSource;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -24,6 +25,8 @@ pub enum IptablesError {
         status: String,
         stderr: String,
     },
+    #[error("verdict events: {0}")]
+    Events(String),
 }
 
 /// Which iptables backend the `iptables-*` tools drive.
@@ -66,6 +69,12 @@ pub trait IptablesExecutor {
     fn ipset_save(&mut self) -> Result<String, IptablesError>;
     /// `ipset list -n`: the names of every set.
     fn ipset_names(&mut self) -> Result<Vec<String>, IptablesError>;
+    /// A reader of NFLOG `group` in the namespace the tools run in.
+    fn open_events(&mut self, group: u16) -> Result<Box<dyn EventSource>, IptablesError> {
+        Err(IptablesError::Events(format!(
+            "this executor cannot read NFLOG group {group}"
+        )))
+    }
 }
 
 /// Bound of one tool run (a full apply at 10,000 pods takes well under this).
@@ -194,6 +203,12 @@ fn run(
 impl IptablesExecutor for SystemIptables {
     fn mode(&self) -> IptablesMode {
         self.mode
+    }
+
+    fn open_events(&mut self, group: u16) -> Result<Box<dyn EventSource>, IptablesError> {
+        palisade_nflog::NflogSource::open(self.netns.as_deref(), group)
+            .map(|s| Box::new(s) as Box<dyn EventSource>)
+            .map_err(|e| IptablesError::Events(e.to_string()))
     }
 
     fn restore(&mut self, family: Family, input: &str) -> Result<(), IptablesError> {

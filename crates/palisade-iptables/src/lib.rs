@@ -34,6 +34,7 @@ mod exec;
 mod plan;
 mod render;
 
+use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
     ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff,
 };
@@ -48,12 +49,12 @@ pub use render::Rendered;
 /// The inputs of a full apply of `desired` onto a node holding nothing of Palisade's.
 /// Deterministic; what `apply --dry-run` prints and the golden files hold.
 pub fn render_full(desired: &NodeRuleset) -> Rendered {
-    render::full(&plan::plan(desired), &KernelView::default())
+    render::full(&plan::plan(desired, None), &KernelView::default())
 }
 
 /// The inputs of an update from `current` to `desired`.
 pub fn render_update(current: &NodeRuleset, desired: &NodeRuleset) -> Rendered {
-    render::update(&plan::plan(current), &plan::plan(desired))
+    render::update(&plan::plan(current, None), &plan::plan(desired, None))
 }
 
 /// The iptables [`Dataplane`]. It keeps the plan it last applied, so an update sends only
@@ -62,6 +63,8 @@ pub fn render_update(current: &NodeRuleset, desired: &NodeRuleset) -> Rendered {
 pub struct IptablesDataplane<E: IptablesExecutor> {
     executor: E,
     applied: Option<Plan>,
+    /// Verdict events through NFLOG (see [`palisade_ir::events`]); `None`: no logging.
+    events: Option<EventConfig>,
 }
 
 fn failed(backend: &'static str, action: &str, message: String) -> DataplaneError {
@@ -89,7 +92,14 @@ impl<E: IptablesExecutor> IptablesDataplane<E> {
         IptablesDataplane {
             executor,
             applied: None,
+            events: None,
         }
+    }
+
+    /// Reports verdict events as `events` says (NFLOG rules beside the verdicts).
+    pub fn with_events(mut self, events: Option<EventConfig>) -> IptablesDataplane<E> {
+        self.events = events;
+        self
     }
 
     pub fn executor(&self) -> &E {
@@ -112,7 +122,15 @@ impl<E: IptablesExecutor> IptablesDataplane<E> {
         rs.validate().map_err(|source| DataplaneError::Invalid {
             backend: self.backend(),
             source,
-        })
+        })?;
+        // The audit tier returns what it matches (plan.rs), which would skip a baseline.
+        if rs.audit_beside_baseline().is_some() {
+            return Err(DataplaneError::Unsupported {
+                backend: self.backend(),
+                what: "an audit tier beside a baseline tier",
+            });
+        }
+        Ok(())
     }
 
     /// Reads what the kernel holds of Palisade's chains and sets.
@@ -177,7 +195,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let backend = self.backend();
         let action = "full apply of Palisade's chains and sets";
         self.check(desired)?;
-        let plan = plan::plan(desired);
+        let plan = plan::plan(desired, self.events.as_ref());
         let view = self
             .kernel_view()
             .map_err(|e| failed(backend, action, e.to_string()))?;
@@ -201,7 +219,10 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let backend = self.backend();
         let action = "update of Palisade's chains and sets";
         self.check(desired)?;
-        let old = self.applied.take().unwrap_or_else(|| plan::plan(current));
+        let old = self
+            .applied
+            .take()
+            .unwrap_or_else(|| plan::plan(current, self.events.as_ref()));
         // Sets and endpoints the diff does not name are taken from the old plan as they
         // are; the rest is planned anew, then the two plans are compared.
         let changed_sets: std::collections::BTreeSet<palisade_ir::SetId> = diff
@@ -223,6 +244,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
                 changed_sets: &changed_sets,
                 changed_endpoints: &changed_endpoints,
             }),
+            self.events.as_ref(),
         );
         let rendered = render::update(&old, &new);
         if rendered.operations == 0 {
@@ -301,6 +323,19 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         Ok(canonical_state(&saves[0], &saves[1], &sets))
     }
 
+    fn events(&mut self) -> Result<Box<dyn EventSource>, DataplaneError> {
+        let backend = self.backend();
+        let Some(events) = self.events else {
+            return Err(DataplaneError::Unsupported {
+                backend,
+                what: "verdict events on a backend configured without them",
+            });
+        };
+        self.executor
+            .open_events(events.nflog_group)
+            .map_err(|e| failed(backend, "opening verdict events", e.to_string()))
+    }
+
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
         let backend = self.backend();
         let action = "reading the counters of Palisade's chains";
@@ -330,6 +365,13 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
                     CounterOwner::DefaultDeny(endpoint, direction) => add(
                         counters
                             .default_deny
+                            .entry((endpoint, direction))
+                            .or_default(),
+                        count,
+                    ),
+                    CounterOwner::AuditDenied(endpoint, direction) => add(
+                        counters
+                            .audit_denied
                             .entry((endpoint, direction))
                             .or_default(),
                         count,

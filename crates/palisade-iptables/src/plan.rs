@@ -31,6 +31,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use palisade_ir::events::{EventConfig, EventTag};
 use palisade_ir::{
     Action, Direction, DirectionRules, Endpoint, NodeRuleset, PeerMatch, PortMatch, Protocol,
     RuleOrigin, SetId,
@@ -104,6 +105,8 @@ pub(crate) enum CounterOwner {
     Rule(RuleOrigin),
     /// Default-deny drops of an endpoint's direction.
     DefaultDeny(String, Direction),
+    /// New connections of an endpoint's direction that audited policies would deny.
+    AuditDenied(String, Direction),
 }
 
 /// One rule: what follows `-A CHAIN ` in `iptables-restore` input.
@@ -307,12 +310,28 @@ fn multiport(protocol: Protocol, items: &[String]) -> String {
 }
 
 /// Builds the plan of a ruleset.
-pub(crate) fn plan(rs: &NodeRuleset) -> Plan {
-    plan_with(rs, None)
+pub(crate) fn plan(rs: &NodeRuleset, events: Option<&EventConfig>) -> Plan {
+    plan_with(rs, None, events)
+}
+
+/// `-m limit ... -j NFLOG`: reports `tag` to the NFLOG group, at most at the configured rate
+/// (the rule's own limit state: per endpoint and direction in an endpoint chain, per rule
+/// for allows). NFLOG does not end the chain.
+fn log_rule(matches: &str, events: &EventConfig, tag: EventTag) -> Rule {
+    Rule::plain(format!(
+        "{matches}-m limit --limit {}/second --limit-burst {} -j NFLOG --nflog-group {} --nflog-prefix {tag}",
+        events.rate_per_second.max(1),
+        events.burst.max(1),
+        events.nflog_group
+    ))
 }
 
 /// Builds the plan of a ruleset, taking unchanged sets and endpoint chains from `reuse`.
-pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
+pub(crate) fn plan_with(
+    rs: &NodeRuleset,
+    reuse: Option<&Reuse>,
+    events: Option<&EventConfig>,
+) -> Plan {
     let mut plan = Plan::default();
     // Peer sets, both families, whatever their members: a pod joining is one `add`.
     for (id, set) in &rs.peer_sets {
@@ -389,7 +408,8 @@ pub(crate) fn plan_with(rs: &NodeRuleset, reuse: Option<&Reuse>) -> Plan {
                         }
                     }
                     None => {
-                        for name in endpoint_chains(rs, table, family, ep, direction, rules, &chain)
+                        for name in
+                            endpoint_chains(rs, table, family, ep, direction, rules, &chain, events)
                         {
                             owned.push((family.index(), name));
                         }
@@ -514,6 +534,7 @@ fn prefix_of(a: u128, len: u32, bits: u32) -> u128 {
 }
 
 /// The chains of one endpoint's direction in one family; returns their names.
+#[allow(clippy::too_many_arguments)]
 fn endpoint_chains(
     rs: &NodeRuleset,
     table: &mut Table,
@@ -522,6 +543,7 @@ fn endpoint_chains(
     direction: Direction,
     rules: &DirectionRules,
     chain: &str,
+    events: Option<&EventConfig>,
 ) -> Vec<String> {
     let np_chain = format!("{chain}-N");
     let mut body = Vec::new();
@@ -545,6 +567,9 @@ fn endpoint_chains(
                      origin: &RuleOrigin,
                      action: Action| {
         for m in matches(peers, ports) {
+            if let Some(events) = events.filter(|e| e.log_allowed && action == Action::Allow) {
+                body.push(log_rule(&m, events, EventTag::allowed(origin)));
+            }
             let (verdict, counter) = match action {
                 Action::Allow => ("-j RETURN".to_string(), true),
                 Action::Deny => ("-j DROP".to_string(), true),
@@ -589,11 +614,43 @@ fn endpoint_chains(
                 rules.isolated_by.join(", ")
             )
         };
+        if let Some(events) = events {
+            body.push(log_rule("", events, EventTag::denied(&ep.name, direction)));
+        }
         body.push(Rule {
             spec: format!("-m comment --comment {} -j DROP", comment(&deny)),
             counter: Some(CounterOwner::DefaultDeny(ep.name.clone(), direction)),
         });
     } else {
+        if let Some(audit) = &rules.audit {
+            // What the audited policies allow returns here (skipping the baseline tier:
+            // the dataplane refuses an audit tier beside one); the rest is counted (and
+            // reported) as audit-denied, and goes on.
+            let (named, any): (Vec<_>, Vec<_>) = audit
+                .rules
+                .iter()
+                .partition(|r| matches!(r.peers, PeerMatch::Set(_)));
+            for r in named.into_iter().chain(any) {
+                tier_rule(&mut body, &r.peers, &r.ports, &r.origin, Action::Allow);
+            }
+            if let Some(events) = events {
+                body.push(log_rule(
+                    "",
+                    events,
+                    EventTag::audit_denied(&ep.name, direction),
+                ));
+            }
+            let label = format!(
+                "audit-denied: {} {} ({})",
+                ep.name,
+                direction.as_str(),
+                audit.isolated_by.join(", ")
+            );
+            body.push(Rule {
+                spec: format!("-m comment --comment {}", comment(&label)),
+                counter: Some(CounterOwner::AuditDenied(ep.name.clone(), direction)),
+            });
+        }
         for r in &rules.baseline {
             let action = if r.action == Action::Pass {
                 Action::Allow
@@ -727,7 +784,7 @@ mod dispatch_tests {
                 let ep = endpoint(i, *ip);
                 rs.endpoints.insert(ep.name.clone(), ep);
             }
-            let plan = plan(&rs);
+            let plan = plan(&rs, None);
             for (i, ip) in ips.iter().enumerate() {
                 let table = &plan.tables[Family::of(ip).index()];
                 for (direction, root) in [(Direction::Ingress, "PAL-INGRESS"), (Direction::Egress, "PAL-EGRESS")] {

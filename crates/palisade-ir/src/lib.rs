@@ -427,6 +427,19 @@ impl NodeRuleset {
         self.port_sets.retain(|n, _| ports.contains(n));
     }
 
+    /// An endpoint direction with both an audit tier and a baseline tier, if any: the
+    /// netfilter backends accept what an audited rule matches, which would skip the
+    /// baseline, so they refuse this (nothing fills the baseline tier yet).
+    pub fn audit_beside_baseline(&self) -> Option<(&str, Direction)> {
+        self.endpoints.values().find_map(|ep| {
+            Direction::BOTH.into_iter().find_map(|d| {
+                let rules = ep.direction(d);
+                (rules.audit.is_some() && !rules.baseline.is_empty())
+                    .then_some((ep.name.as_str(), d))
+            })
+        })
+    }
+
     /// The endpoint holding `ip`, if any.
     pub fn endpoint_of(&self, ip: &IpAddr) -> Option<&Endpoint> {
         self.endpoints.values().find(|e| e.ips.contains(ip))

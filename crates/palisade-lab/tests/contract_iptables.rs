@@ -60,7 +60,12 @@ macro_rules! backend {
                     .remove()
                     .expect("delete the chains and sets behind the backend's back");
             },
-            make_with_events: None,
+            make_with_events: Some(|netns, events| -> Box<dyn Dataplane> {
+                Box::new(
+                    IptablesDataplane::new(SystemIptables::new(Some(netns), Some($mode)))
+                        .with_events(Some(events)),
+                )
+            }),
         }
     };
 }
@@ -383,6 +388,11 @@ fn iptables_nft_failed_apply_keeps_previous() {
 }
 
 #[test]
+fn iptables_nft_verdict_events_name_the_engine_reason() {
+    contract::events::events_name_the_engine_reason(&NFT);
+}
+
+#[test]
 fn iptables_nft_drift_is_repaired() {
     contract::drift_is_repaired(&NFT);
 }
@@ -432,6 +442,11 @@ fn iptables_legacy_atomic_under_large_updates() {
 #[test]
 fn iptables_legacy_failed_apply_keeps_previous() {
     contract::failed_apply_keeps_previous(&LEGACY);
+}
+
+#[test]
+fn iptables_legacy_verdict_events_name_the_engine_reason() {
+    contract::events::events_name_the_engine_reason(&LEGACY);
 }
 
 #[test]

@@ -45,8 +45,7 @@ use std::collections::BTreeSet;
 
 use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
-    ApplyReport, Count, Counters, Dataplane, DataplaneError, Direction, NodeRuleset, RulesetDiff,
-    SetId,
+    ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff, SetId,
 };
 
 pub use canonical::canonical_listing;
@@ -156,13 +155,7 @@ impl<E: NftExecutor> NftDataplane<E> {
             source,
         })?;
         // The audit tier accepts what it matches (plan.rs), which would skip a baseline.
-        let audit_beside_baseline = rs.endpoints.values().any(|ep| {
-            Direction::BOTH.iter().any(|d| {
-                let rules = ep.direction(*d);
-                rules.audit.is_some() && !rules.baseline.is_empty()
-            })
-        });
-        if audit_beside_baseline {
+        if rs.audit_beside_baseline().is_some() {
             return Err(DataplaneError::Unsupported {
                 backend: BACKEND,
                 what: "an audit tier beside a baseline tier",
