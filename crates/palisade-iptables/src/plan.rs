@@ -811,3 +811,184 @@ mod dispatch_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod layout_tests {
+    use palisade_ir::eval::{DirectionVerdict, Transport};
+    use palisade_ir::{AllowRule, PeerSet, PortRange, PortSet};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn in_set(plan: &Plan, name: &str, ip: IpAddr) -> bool {
+        plan.sets[name]
+            .elements
+            .iter()
+            .any(|e| match e.parse::<IpNet>() {
+                Ok(net) => net.contains(&ip),
+                Err(_) => e.parse::<IpAddr>().is_ok_and(|a| a == ip),
+            })
+    }
+
+    fn in_ports(list: &str, port: u16) -> bool {
+        list.split(',').any(|item| {
+            let (a, b) = item.split_once(':').unwrap_or((item, item));
+            a.parse::<u16>().unwrap() <= port && port <= b.parse::<u16>().unwrap()
+        })
+    }
+
+    /// Runs a packet through an endpoint chain as iptables would (matches in order, the
+    /// first rule whose matches all hold decides); returns the counter owner of that rule,
+    /// None when it falls off the chain.
+    fn run(
+        plan: &Plan,
+        family: Family,
+        chain: &str,
+        peer: IpAddr,
+        transport: Transport,
+    ) -> Option<CounterOwner> {
+        let rules = &plan.tables[family.index()].chains[chain];
+        for rule in rules.iter() {
+            let w: Vec<&str> = rule.spec.split_whitespace().collect();
+            let mut i = 0;
+            let mut holds = true;
+            while i < w.len() && holds {
+                match w[i] {
+                    "-p" => {
+                        holds =
+                            matches!(transport, Transport::Port(p, _) if p.as_str() == w[i + 1]);
+                        i += 2;
+                    }
+                    "-m" if matches!(w[i + 1], "tcp" | "udp" | "sctp" | "multiport") => {
+                        let Transport::Port(_, port) = transport else {
+                            unreachable!("-p comes first")
+                        };
+                        holds = in_ports(w[i + 3], port);
+                        i += 4;
+                    }
+                    "-m" if w[i + 1] == "set" => {
+                        holds = in_set(plan, w[i + 3], peer);
+                        i += 5;
+                    }
+                    "-m" if w[i + 1] == "comment" => {
+                        // Skip the quoted comment.
+                        i += 3;
+                        while !w[i - 1].ends_with('"') {
+                            i += 1;
+                        }
+                    }
+                    "-j" | "-g" => return rule.counter.clone(),
+                    other => panic!("the emulator does not know {other:?} in {}", rule.spec),
+                }
+            }
+        }
+        None
+    }
+
+    fn rules_strategy() -> impl Strategy<Value = (NodeRuleset, Vec<AllowRule>)> {
+        let peer = prop_oneof![
+            Just(None),
+            (
+                proptest::collection::btree_set(0u8..16, 0..5),
+                proptest::collection::vec((0u8..16, 28u8..=32), 0..3)
+            )
+                .prop_map(Some),
+        ];
+        let port = prop_oneof![
+            Just(None),
+            proptest::collection::vec((0u8..3, 75u16..90, 0u16..6), 1..20).prop_map(Some)
+        ];
+        proptest::collection::vec((peer, port), 1..6).prop_map(|specs| {
+            let mut rs = NodeRuleset::default();
+            let mut rules = Vec::new();
+            for (i, (peer, port)) in specs.into_iter().enumerate() {
+                let peers = match peer {
+                    None => PeerMatch::Any,
+                    Some((addrs, nets)) => {
+                        let mut blocks: Vec<IpNet> = nets
+                            .into_iter()
+                            .map(|(a, len)| {
+                                IpNet::new(IpAddr::from([10, 0, 0, a]), len)
+                                    .unwrap()
+                                    .trunc()
+                            })
+                            .collect();
+                        blocks.sort_by_key(|n| (n.network(), n.prefix_len()));
+                        blocks.dedup_by(|b, a| a.contains(&b.network()));
+                        let id = SetId(format!("peer_{i}"));
+                        rs.peer_sets.insert(
+                            id.clone(),
+                            PeerSet {
+                                addresses: addrs
+                                    .into_iter()
+                                    .map(|a| IpAddr::from([10, 0, 0, a]))
+                                    .collect(),
+                                blocks,
+                            },
+                        );
+                        PeerMatch::Set(id)
+                    }
+                };
+                let ports = match port {
+                    None => PortMatch::Any,
+                    Some(ranges) => {
+                        let mut ranges: Vec<PortRange> = ranges
+                            .into_iter()
+                            .map(|(p, first, len)| PortRange {
+                                protocol: Protocol::ALL[p as usize],
+                                first,
+                                last: first + len,
+                            })
+                            .collect();
+                        // Sorted and merged per protocol, as the IR holds them.
+                        ranges.sort();
+                        let mut merged: Vec<PortRange> = Vec::new();
+                        for r in ranges {
+                            match merged.last_mut() {
+                                Some(m) if m.protocol == r.protocol && r.first <= m.last + 1 => {
+                                    m.last = m.last.max(r.last)
+                                }
+                                _ => merged.push(r),
+                            }
+                        }
+                        let set = PortSet { ranges: merged };
+                        let id = set.id();
+                        rs.port_sets.insert(id.clone(), set);
+                        PortMatch::Set(id)
+                    }
+                };
+                rules.push(AllowRule {
+                    peers,
+                    ports,
+                    origin: RuleOrigin {
+                        policy_namespace: "ns".into(),
+                        policy_name: format!("p{i}"),
+                        direction: Direction::Ingress,
+                        rule_index: i,
+                    },
+                });
+            }
+            (rs, rules)
+        })
+    }
+
+    proptest! {
+        /// The endpoint chain decides every packet as `palisade_ir::eval` does and counts
+        /// it on the same rule (or on the endpoint's default deny).
+        #[test]
+        fn the_chain_agrees_with_the_executable_meaning((mut rs, rules) in rules_strategy(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
+            let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules, ..Default::default() };
+            rs.endpoints.insert("ns/a".into(), Endpoint { name: "ns/a".into(), ips: vec![IpAddr::from([10, 1, 0, 1])], ingress: direction.clone(), egress: Default::default() });
+            prop_assert!(rs.validate().is_ok(), "{:?}", rs.validate());
+            let plan = plan(&rs);
+            let transport = if proto == 3 { Transport::Other } else { Transport::Port(Protocol::ALL[proto], port) };
+            let ip = IpAddr::from([10, 0, 0, peer]);
+            let expected = match rs.judge(&direction, ip, transport) {
+                DirectionVerdict::Allowed(origin) => CounterOwner::Rule(origin),
+                _ => CounterOwner::DefaultDeny("ns/a".into(), Direction::Ingress),
+            };
+            let chain = endpoint_chain("ns/a", Direction::Ingress);
+            prop_assert_eq!(run(&plan, Family::V4, &chain, ip, transport), Some(expected));
+        }
+    }
+}
