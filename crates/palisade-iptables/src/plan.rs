@@ -980,7 +980,7 @@ mod layout_tests {
             let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules, ..Default::default() };
             rs.endpoints.insert("ns/a".into(), Endpoint { name: "ns/a".into(), ips: vec![IpAddr::from([10, 1, 0, 1])], ingress: direction.clone(), egress: Default::default() });
             prop_assert!(rs.validate().is_ok(), "{:?}", rs.validate());
-            let plan = plan(&rs);
+            let plan = plan(&rs, None);
             let transport = if proto == 3 { Transport::Other } else { Transport::Port(Protocol::ALL[proto], port) };
             let ip = IpAddr::from([10, 0, 0, peer]);
             let expected = match rs.judge(&direction, ip, transport) {
