@@ -24,6 +24,9 @@ use crate::analysis::{PortArg, render_matrix};
 pub enum Backend {
     /// nftables: one `inet` table per node, applied atomically (the default).
     Nft,
+    /// eBPF: tc programs (TCX) on the host side of each pod's interface, judged by map
+    /// lookups; changes are map writes flipped in one generation write.
+    Ebpf,
 }
 
 /// Builds a backend that applies inside `netns` (None = this process's namespace).
@@ -39,6 +42,14 @@ pub fn make_dataplane(backend: Backend, netns: Option<&str>, table: &str) -> Box
                 table: table.to_string(),
             };
             Box::new(NftDataplane::new(exec, config))
+        }
+        // The eBPF backend owns its pins (one scope per netns), not a named table.
+        Backend::Ebpf => {
+            let exec = match netns {
+                Some(ns) => palisade_ebpf::SystemBpf::in_netns(ns),
+                None => palisade_ebpf::SystemBpf::new(),
+            };
+            Box::new(palisade_ebpf::EbpfDataplane::new(exec))
         }
     }
 }
@@ -58,6 +69,7 @@ pub fn render_dry_run(
                 table: table.to_string(),
             },
         )),
+        Backend::Ebpf => Ok(palisade_ebpf::render_full(ruleset)),
     }
 }
 
