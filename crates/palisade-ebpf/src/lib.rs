@@ -124,7 +124,7 @@ pub struct EbpfDataplane<E: BpfExecutor> {
     executor: E,
     ids: Option<Ids>,
     /// What each generation holds, with the stamp written when it was filled.
-    gens: [Option<(String, Plan)>; 2],
+    gens: [Option<(String, std::sync::Arc<Plan>)>; 2],
     /// Interfaces of local endpoints, from the last apply that read the routes.
     wanted: Option<BTreeSet<u32>>,
 }
@@ -240,6 +240,29 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             .collect())
     }
 
+    /// Moves generation `g` to `plan`: by a diff from what it holds when that is known
+    /// (and `diff_ok`), else by clearing it and writing everything. Returns the writes and
+    /// whether it was a full rewrite.
+    fn fill(
+        &mut self,
+        g: u8,
+        plan: &std::sync::Arc<Plan>,
+        diff_ok: bool,
+    ) -> Result<(usize, bool), BpfError> {
+        let stamp_file = format!("gen{g}.stamp");
+        let on_disk = self.executor.read_state(&stamp_file)?;
+        let known = match self.gens[usize::from(g)].take() {
+            Some((stamp, p)) if diff_ok && on_disk.as_deref() == Some(stamp.as_str()) => Some(p),
+            _ => None,
+        };
+        self.executor.write_state(&stamp_file, "dirty")?;
+        let ops = self.write_gen(g, known.as_deref(), plan)?;
+        let stamp = format!("{:016x}", rand::random::<u64>());
+        self.executor.write_state(&stamp_file, &stamp)?;
+        self.gens[usize::from(g)] = Some((stamp, std::sync::Arc::clone(plan)));
+        Ok((ops, known.is_none()))
+    }
+
     fn apply(
         &mut self,
         desired: &NodeRuleset,
@@ -247,7 +270,7 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
     ) -> Result<ApplyReport, BpfError> {
         self.executor.prepare()?;
         let mut ids = self.load_ids()?;
-        let plan = plan::plan(desired, &mut ids);
+        let plan = std::sync::Arc::new(plan::plan(desired, &mut ids));
         let too_many = ids.origins.len() > MAX_ORIGINS || ids.slots.len() > MAX_SLOTS;
         let ids_text = serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?;
         self.ids = Some(ids);
@@ -258,22 +281,8 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         }
         let active = self.active_gen()?;
         let inactive = 1 - active;
-        let stamp_file = format!("gen{inactive}.stamp");
-        let on_disk = self.executor.read_state(&stamp_file)?;
-        let known = match (&self.gens[usize::from(inactive)], diff) {
-            (Some((stamp, p)), Some(_)) if on_disk.as_deref() == Some(stamp.as_str()) => {
-                Some(p.clone())
-            }
-            _ => None,
-        };
-        self.gens[usize::from(inactive)] = None;
-        self.executor.write_state(&stamp_file, "dirty")?;
-        let full = known.is_none();
-        let mut ops = self.write_gen(inactive, known.as_ref(), &plan)?;
+        let (mut ops, full) = self.fill(inactive, &plan, diff.is_some())?;
         self.executor.write_state(IDS_FILE, &ids_text)?;
-        let stamp = format!("{:016x}", rand::random::<u64>());
-        self.executor.write_state(&stamp_file, &stamp)?;
-        self.gens[usize::from(inactive)] = Some((stamp, plan));
         // Interfaces: re-read the routes when endpoints came or moved, or on a full apply.
         let reread = diff.is_none_or(|d| {
             !d.endpoints_added.is_empty() || d.endpoints_changed.values().any(|c| c.ips_changed)
@@ -295,6 +304,12 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             &layout::config_val(inactive),
         )?;
         ops += 1;
+        // The old generation is brought up to date at once, so the next update is a
+        // diff again. It is not in force: a failure here only costs a full rewrite later.
+        match self.fill(active, &plan, true) {
+            Ok((n, _)) => ops += n,
+            Err(e) => tracing::warn!(error = %e, "ebpf: syncing the inactive generation failed; the next apply rewrites it"),
+        }
         if reread {
             for i in attached.difference(&wanted) {
                 self.executor.detach(*i)?;
