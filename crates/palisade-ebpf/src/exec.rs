@@ -25,6 +25,9 @@ fn kernel(what: impl Into<String>, e: impl std::fmt::Display) -> BpfError {
     }
 }
 
+/// Map entries as raw (key, value) bytes.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A host route to one address: the pod's interface as the node's routing table names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostRoute {
@@ -41,7 +44,7 @@ pub trait BpfExecutor: Send {
     fn update(&mut self, map: MapKind, key: &[u8], value: &[u8]) -> Result<(), BpfError>;
     fn delete(&mut self, map: MapKind, key: &[u8]) -> Result<(), BpfError>;
     fn lookup(&mut self, map: MapKind, key: &[u8]) -> Result<Option<Vec<u8>>, BpfError>;
-    fn entries(&mut self, map: MapKind) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError>;
+    fn entries(&mut self, map: MapKind) -> Result<Entries, BpfError>;
     /// A per-CPU counter summed over CPUs: (packets, bytes).
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError>;
     /// Host routes (/32, /128) of the node, with their interfaces.
@@ -173,19 +176,43 @@ impl FakeBpf {
             }
         };
         if !p.syn_only {
-            if known(conn_key(p.ifindex, p.hook, p.proto, fam, &s, &d, sport, dport)) {
+            if known(conn_key(
+                p.ifindex, p.hook, p.proto, fam, &s, &d, sport, dport,
+            )) {
                 return true;
             }
-            if known(conn_key(p.ifindex, p.hook ^ 1, p.proto, fam, &d, &s, dport, sport)) {
+            if known(conn_key(
+                p.ifindex,
+                p.hook ^ 1,
+                p.proto,
+                fam,
+                &d,
+                &s,
+                dport,
+                sport,
+            )) {
                 return true;
             }
         }
-        let Some(cfg) = st.maps.get(&MapKind::Config).and_then(|m| m.get(&0u32.to_ne_bytes()[..])).cloned() else {
+        let Some(cfg) = st
+            .maps
+            .get(&MapKind::Config)
+            .and_then(|m| m.get(&0u32.to_ne_bytes()[..]))
+            .cloned()
+        else {
             return false;
         };
         let gen_ = (u32_at(&cfg, 0) & 1) as u8;
-        let dir = if p.hook == HOOK_FROM_POD { DIR_EGRESS } else { DIR_INGRESS };
-        let (me, peer) = if dir == DIR_EGRESS { (p.src, p.dst) } else { (p.dst, p.src) };
+        let dir = if p.hook == HOOK_FROM_POD {
+            DIR_EGRESS
+        } else {
+            DIR_INGRESS
+        };
+        let (me, peer) = if dir == DIR_EGRESS {
+            (p.src, p.dst)
+        } else {
+            (p.dst, p.src)
+        };
         let ep = st
             .maps
             .get(&MapKind::Endpoints)
@@ -196,11 +223,24 @@ impl FakeBpf {
         if let Some(ep) = ep {
             let class = ep.class[dir as usize];
             if class != 0 {
-                action = if ep.isolated[dir as usize] { ACT_DEFAULT_DENY } else { ACT_OPEN };
+                action = if ep.isolated[dir as usize] {
+                    ACT_DEFAULT_DENY
+                } else {
+                    ACT_OPEN
+                };
                 let full = if fam == FAM_V4 { 32 } else { 128 };
-                let pk = with_gen(MapKind::Peers, &peer_key(fam, class, &addr16(&peer), full), gen_);
+                let pk = with_gen(
+                    MapKind::Peers,
+                    &peer_key(fam, class, &addr16(&peer), full),
+                    gen_,
+                );
                 let empty = BTreeMap::new();
-                let group = Self::lpm(st.maps.get(&MapKind::Peers).unwrap_or(&empty), &pk, 64, 64 + full as u32);
+                let group = Self::lpm(
+                    st.maps.get(&MapKind::Peers).unwrap_or(&empty),
+                    &pk,
+                    64,
+                    64 + full as u32,
+                );
                 if let Some(g) = group {
                     let g = u32_at(&g, 0);
                     let tk = if ported {
@@ -209,14 +249,19 @@ impl FakeBpf {
                         with_gen(MapKind::Ports, &port_key(0, g, 0, 0), gen_)
                     };
                     let max = if ported { 80 } else { 64 };
-                    if let Some(v) = Self::lpm(st.maps.get(&MapKind::Ports).unwrap_or(&empty), &tk, 64, max) {
+                    if let Some(v) =
+                        Self::lpm(st.maps.get(&MapKind::Ports).unwrap_or(&empty), &tk, 64, max)
+                    {
                         action = u32_at(&v, 0);
                         origin = u32_at(&v, 4);
                     }
                 }
             }
             if action == ACT_DEFAULT_DENY {
-                let c = st.counts.entry((MapKind::DenyCounts, ep.slot * 2 + dir)).or_default();
+                let c = st
+                    .counts
+                    .entry((MapKind::DenyCounts, ep.slot * 2 + dir))
+                    .or_default();
                 c.0 += 1;
             }
         }
@@ -252,7 +297,10 @@ impl BpfExecutor for FakeBpf {
         let mut st = self.lock();
         st.writes += 1;
         if st.fail_from_write.is_some_and(|n| st.writes >= n) {
-            return Err(kernel(format!("update of {}", map.name()), "injected failure"));
+            return Err(kernel(
+                format!("update of {}", map.name()),
+                "injected failure",
+            ));
         }
         st.maps
             .entry(map)
@@ -265,7 +313,10 @@ impl BpfExecutor for FakeBpf {
         let mut st = self.lock();
         st.writes += 1;
         if st.fail_from_write.is_some_and(|n| st.writes >= n) {
-            return Err(kernel(format!("delete from {}", map.name()), "injected failure"));
+            return Err(kernel(
+                format!("delete from {}", map.name()),
+                "injected failure",
+            ));
         }
         st.maps.entry(map).or_default().remove(key);
         Ok(())
@@ -275,7 +326,7 @@ impl BpfExecutor for FakeBpf {
         Ok(self.lock().maps.get(&map).and_then(|m| m.get(key)).cloned())
     }
 
-    fn entries(&mut self, map: MapKind) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError> {
+    fn entries(&mut self, map: MapKind) -> Result<Entries, BpfError> {
         Ok(self
             .lock()
             .maps
@@ -285,7 +336,12 @@ impl BpfExecutor for FakeBpf {
     }
 
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError> {
-        Ok(self.lock().counts.get(&(map, index)).copied().unwrap_or_default())
+        Ok(self
+            .lock()
+            .counts
+            .get(&(map, index))
+            .copied()
+            .unwrap_or_default())
     }
 
     fn host_routes(&mut self) -> Result<Vec<HostRoute>, BpfError> {
@@ -544,10 +600,9 @@ impl Default for SystemBpf {
 /// Mounts bpffs at [`BPFFS`] unless one is there.
 fn ensure_bpffs() -> Result<(), BpfError> {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
-    {
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
         return Ok(());
     }
     let out = Command::new("mount")
@@ -571,11 +626,11 @@ pub fn gc_stale_pins() {
     };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(ns) = name.strip_prefix("netns-") {
-            if !Path::new("/run/netns").join(ns).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-                let _ = std::fs::remove_dir_all(state_dir(&e.path()));
-            }
+        if let Some(ns) = name.strip_prefix("netns-")
+            && !Path::new("/run/netns").join(ns).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+            let _ = std::fs::remove_dir_all(state_dir(&e.path()));
         }
     }
 }
@@ -584,7 +639,9 @@ impl BpfExecutor for SystemBpf {
     fn prepare(&mut self) -> Result<(), BpfError> {
         ensure_bpffs()?;
         let complete = MapKind::ALL.iter().all(|m| self.map_pin(*m).exists())
-            && [PROG_FROM, PROG_TO].iter().all(|p| self.prog_pin(p).exists());
+            && [PROG_FROM, PROG_TO]
+                .iter()
+                .all(|p| self.prog_pin(p).exists());
         if !complete {
             gc_stale_pins();
             self.maps.clear();
@@ -616,7 +673,7 @@ impl BpfExecutor for SystemBpf {
             .map_err(|e| kernel(format!("lookup in {}", map.name()), e))
     }
 
-    fn entries(&mut self, map: MapKind) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError> {
+    fn entries(&mut self, map: MapKind) -> Result<Entries, BpfError> {
         use libbpf_rs::MapCore;
         let h = self.handle(map)?;
         let mut out = Vec::new();
@@ -695,7 +752,12 @@ impl BpfExecutor for SystemBpf {
         let addrs = self.ip_json(&["addr", "show"])?;
         let mut out = Vec::new();
         for l in addrs.as_array().into_iter().flatten() {
-            for a in l.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
+            for a in l
+                .get("addr_info")
+                .and_then(|a| a.as_array())
+                .into_iter()
+                .flatten()
+            {
                 if let Some(ip) = a
                     .get("local")
                     .and_then(|x| x.as_str())
@@ -716,14 +778,14 @@ impl BpfExecutor for SystemBpf {
         if let Ok(dir) = std::fs::read_dir(self.dir.join("links")) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
-                if let Some((idx, hook)) = name.split_once('-') {
-                    if let Ok(idx) = idx.parse::<u32>() {
-                        match hook {
-                            "from" => from.insert(idx),
-                            "to" => to.insert(idx),
-                            _ => false,
-                        };
-                    }
+                if let Some((idx, hook)) = name.split_once('-')
+                    && let Ok(idx) = idx.parse::<u32>()
+                {
+                    match hook {
+                        "from" => from.insert(idx),
+                        "to" => to.insert(idx),
+                        _ => false,
+                    };
                 }
             }
         }
@@ -759,7 +821,8 @@ impl BpfExecutor for SystemBpf {
 
     fn write_state(&mut self, name: &str, text: &str) -> Result<(), BpfError> {
         let dir = state_dir(&self.dir);
-        std::fs::create_dir_all(&dir).map_err(|e| kernel(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| kernel(format!("creating {}", dir.display()), e))?;
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, dir.join(name)))

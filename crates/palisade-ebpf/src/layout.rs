@@ -223,7 +223,11 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
     let mut a = u32::from(first);
     let b = u32::from(last);
     while a <= b {
-        let mut size = if a == 0 { 1 << 16 } else { 1u32 << a.trailing_zeros() };
+        let mut size = if a == 0 {
+            1 << 16
+        } else {
+            1u32 << a.trailing_zeros()
+        };
         while a + size - 1 > b {
             size >>= 1;
         }
@@ -242,11 +246,7 @@ mod tests {
         assert_eq!(port_prefixes(80, 80), vec![(80, 16)]);
         assert_eq!(port_prefixes(0, 65535), vec![(0, 0)]);
         assert_eq!(port_prefixes(8000, 8003), vec![(8000, 14)]);
-        assert_eq!(
-            port_prefixes(79, 81),
-            vec![(79, 16), (80, 15)],
-            "79, 80-81"
-        );
+        assert_eq!(port_prefixes(79, 81), vec![(79, 16), (80, 15)], "79, 80-81");
         for (a, b) in [(1u16, 1000u16), (1024, 65535), (3, 17), (65535, 65535)] {
             let p = port_prefixes(a, b);
             let covered: u32 = p.iter().map(|(_, l)| 1u32 << (16 - l)).sum();

@@ -71,7 +71,7 @@ use palisade_ir::{
 };
 
 pub use exec::{
-    BpfError, BpfExecutor, FakeBpf, FakePacket, FakeState, HostRoute, PIN_ROOT, SystemBpf,
+    BpfError, BpfExecutor, Entries, FakeBpf, FakePacket, FakeState, HostRoute, PIN_ROOT, SystemBpf,
     gc_stale_pins,
 };
 use layout::MapKind;
@@ -113,7 +113,12 @@ pub fn render_full(desired: &NodeRuleset) -> String {
                 .and_then(|i| origins.get(i as usize))
                 .map_or_else(|| format!("origin#{id}"), |o| o.to_string())
         },
-        &|s| slots.get(s as usize).cloned().unwrap_or_else(|| format!("slot#{s}")),
+        &|s| {
+            slots
+                .get(s as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("slot#{s}"))
+        },
     ));
     out
 }
@@ -285,7 +290,9 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         self.executor.write_state(IDS_FILE, &ids_text)?;
         // Interfaces: re-read the routes when endpoints came or moved, or on a full apply.
         let reread = diff.is_none_or(|d| {
-            !d.endpoints_added.is_empty() || d.endpoints_changed.values().any(|c| c.ips_changed)
+            !d.endpoints_added.is_empty()
+                || !d.endpoints_removed.is_empty()
+                || d.endpoints_changed.values().any(|c| c.ips_changed)
         }) || self.wanted.is_none();
         if reread {
             self.sync_local()?;
@@ -308,7 +315,9 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         // diff again. It is not in force: a failure here only costs a full rewrite later.
         match self.fill(active, &plan, true) {
             Ok((n, _)) => ops += n,
-            Err(e) => tracing::warn!(error = %e, "ebpf: syncing the inactive generation failed; the next apply rewrites it"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ebpf: syncing the inactive generation failed; the next apply rewrites it")
+            }
         }
         if reread {
             for i in attached.difference(&wanted) {
@@ -329,10 +338,12 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
 
     fn apply_full(&mut self, desired: &NodeRuleset) -> Result<ApplyReport, DataplaneError> {
         let action = "full apply of the eBPF maps";
-        desired.validate().map_err(|source| DataplaneError::Invalid {
-            backend: BACKEND,
-            source,
-        })?;
+        desired
+            .validate()
+            .map_err(|source| DataplaneError::Invalid {
+                backend: BACKEND,
+                source,
+            })?;
         self.apply(desired, None).map_err(|e| failed(action, e))
     }
 
@@ -343,11 +354,14 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         diff: &RulesetDiff,
     ) -> Result<ApplyReport, DataplaneError> {
         let action = "update of the eBPF maps";
-        desired.validate().map_err(|source| DataplaneError::Invalid {
-            backend: BACKEND,
-            source,
-        })?;
-        self.apply(desired, Some(diff)).map_err(|e| failed(action, e))
+        desired
+            .validate()
+            .map_err(|source| DataplaneError::Invalid {
+                backend: BACKEND,
+                source,
+            })?;
+        self.apply(desired, Some(diff))
+            .map_err(|e| failed(action, e))
     }
 
     fn remove(&mut self) -> Result<(), DataplaneError> {
@@ -418,8 +432,9 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
             }
             for (slot, name) in ids.slots.iter().enumerate() {
                 for (d, dir) in [(0u32, Direction::Ingress), (1, Direction::Egress)] {
-                    let (packets, bytes) =
-                        me.executor.count(MapKind::DenyCounts, slot as u32 * 2 + d)?;
+                    let (packets, bytes) = me
+                        .executor
+                        .count(MapKind::DenyCounts, slot as u32 * 2 + d)?;
                     if packets > 0 {
                         c.default_deny
                             .insert((name.clone(), dir), Count { packets, bytes });

@@ -193,6 +193,9 @@ fn decide<'a>(
     (ACT_OPEN, None)
 }
 
+/// An action and the rule it is counted on.
+type Verdict<'a> = (u32, Option<&'a RuleOrigin>);
+
 fn no_match(isolated: bool) -> u32 {
     if isolated { ACT_DEFAULT_DENY } else { ACT_OPEN }
 }
@@ -274,6 +277,9 @@ fn class_entries(
         .collect();
     let refs: Vec<&AllowRule> = as_allow.iter().collect();
     for v6 in [false, true] {
+        // Pieces held by rules for every peer only are what is left around the named
+        // pieces: one /0 entry holds them (longer prefixes win in the trie).
+        let mut any_only: Option<u32> = None;
         for (first, last, holders) in rs.peer_pieces(&refs, v6) {
             let mut gkey = format!("{}", rules.isolated);
             for &i in &holders {
@@ -290,6 +296,10 @@ fn class_entries(
             if done_groups.insert(group) {
                 group_entries(rs, &list, rules.isolated, &holders, group, ids, ports);
             }
+            if holders.iter().all(|&i| *list[i].peers == PeerMatch::Any) {
+                any_only = Some(group);
+                continue;
+            }
             let range = IpRange {
                 first: u128_to_addr(first, v6),
                 last: u128_to_addr(last, v6),
@@ -301,6 +311,13 @@ fn class_entries(
                     group.to_ne_bytes().to_vec(),
                 );
             }
+        }
+        if let Some(group) = any_only {
+            let zero = u128_to_addr(0, v6);
+            peers.insert(
+                layout::peer_key(family(&zero), class, &addr16(&zero), 0),
+                group.to_ne_bytes().to_vec(),
+            );
         }
     }
 }
@@ -315,31 +332,68 @@ fn group_entries(
     ports: &mut BTreeMap<Vec<u8>, Vec<u8>>,
 ) {
     let miss = no_match(isolated);
-    let mut emit = |proto: u8, first: u16, last: u16, (action, origin): (u32, Option<&RuleOrigin>)| {
-        if action == miss && origin.is_none() {
-            return;
-        }
-        let oid = origin.map_or(0, |o| ids.origin(o));
-        for (port, plen) in layout::port_prefixes(first, last) {
-            ports.insert(
-                layout::port_key(proto, group, port, plen),
-                layout::verdict(action, oid),
-            );
-        }
+    // Ports only rules for every port take: one /0 entry per protocol; the pieces with
+    // another verdict override it (longer prefixes win).
+    let any: Vec<usize> = holders
+        .iter()
+        .copied()
+        .filter(|&i| *list[i].ports == PortMatch::Any)
+        .collect();
+    let base = if any.is_empty() {
+        (miss, None)
+    } else {
+        decide(list, isolated, &any)
     };
+    let base_is_miss = base.0 == miss && base.1.is_none();
+    if !base_is_miss {
+        // Protocols without ports: the key of protocol 0, prefix 0 (no port bits).
+        let oid = base.1.map_or(0, |o| ids.origin(o));
+        ports.insert(
+            layout::port_key(0, group, 0, 0),
+            layout::verdict(base.0, oid),
+        );
+        let mut emit =
+            |proto: u8, first: u16, last: u16, (action, origin): (u32, Option<&RuleOrigin>)| {
+                let oid = origin.map_or(0, |o| ids.origin(o));
+                for (port, plen) in layout::port_prefixes(first, last) {
+                    ports.insert(
+                        layout::port_key(proto, group, port, plen),
+                        layout::verdict(action, oid),
+                    );
+                }
+            };
+        for protocol in Protocol::ALL {
+            emit(protocol.number(), 0, u16::MAX, base);
+        }
+    }
+    let mut emit =
+        |proto: u8, first: u16, last: u16, (action, origin): (u32, Option<&RuleOrigin>)| {
+            let oid = origin.map_or(0, |o| ids.origin(o));
+            for (port, plen) in layout::port_prefixes(first, last) {
+                ports.insert(
+                    layout::port_key(proto, group, port, plen),
+                    layout::verdict(action, oid),
+                );
+            }
+        };
     for protocol in Protocol::ALL {
         let spans: Vec<Vec<(u16, u16)>> = holders
             .iter()
             .map(|&i| rs.port_spans(list[i].ports, protocol))
             .collect();
         let mut cuts: BTreeSet<u32> = BTreeSet::new();
-        for &(a, b) in spans.iter().flatten() {
-            cuts.insert(a.into());
-            cuts.insert(u32::from(b) + 1);
+        for (&i, s) in holders.iter().zip(&spans) {
+            if *list[i].ports == PortMatch::Any {
+                continue;
+            }
+            for &(a, b) in s {
+                cuts.insert(a.into());
+                cuts.insert(u32::from(b) + 1);
+            }
         }
         let cuts: Vec<u32> = cuts.into_iter().collect();
         // Merge neighbours with the same verdict before cutting into prefixes.
-        let mut run: Option<(u16, u16, (u32, Option<&RuleOrigin>))> = None;
+        let mut run: Option<(u16, u16, Verdict<'_>)> = None;
         for w in cuts.windows(2) {
             let (a, b) = (w[0] as u16, (w[1] - 1) as u16);
             let matching: Vec<usize> = holders
@@ -353,6 +407,12 @@ fn group_entries(
             } else {
                 decide(list, isolated, &matching)
             };
+            if v == base {
+                if let Some((f, l, rv)) = run.take() {
+                    emit(protocol.number(), f, l, rv);
+                }
+                continue;
+            }
             match &mut run {
                 Some((_, last, rv)) if *rv == v && u32::from(*last) + 1 == u32::from(a) => {
                     *last = b
@@ -368,20 +428,6 @@ fn group_entries(
         if let Some((f, l, rv)) = run {
             emit(protocol.number(), f, l, rv);
         }
-    }
-    let any: Vec<usize> = holders
-        .iter()
-        .copied()
-        .filter(|&i| *list[i].ports == PortMatch::Any)
-        .collect();
-    let v = if any.is_empty() {
-        (miss, None)
-    } else {
-        decide(list, isolated, &any)
-    };
-    if !(v.0 == miss && v.1.is_none()) {
-        let oid = v.1.map_or(0, |o| ids.origin(o));
-        ports.insert(layout::port_key(0, group, 0, 0), layout::verdict(v.0, oid));
     }
 }
 
@@ -446,9 +492,10 @@ pub fn canonical(
         .collect();
     let group_names = numbering(group_text.values());
     let group_ref = |g: u32| {
-        group_text
-            .get(&g)
-            .map_or_else(|| "group(empty)".to_string(), |t| format!("group{}", group_names[t]))
+        group_text.get(&g).map_or_else(
+            || "group(empty)".to_string(),
+            |t| format!("group{}", group_names[t]),
+        )
     };
     let mut classes: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     for (k, v) in peers {
@@ -459,7 +506,8 @@ pub fn canonical(
         let fam = k[5];
         let class = layout::u32_at(k, 8);
         let addr = layout::addr_from16(fam, &k[12..28]);
-        let net = IpNet::new(addr, plen as u8).map_or_else(|_| format!("{addr}/{plen}"), |n| n.to_string());
+        let net = IpNet::new(addr, plen as u8)
+            .map_or_else(|_| format!("{addr}/{plen}"), |n| n.to_string());
         classes
             .entry(class)
             .or_default()
@@ -490,9 +538,10 @@ pub fn canonical(
             if val.class[d] == 0 {
                 "-".to_string()
             } else {
-                let c = class_text
-                    .get(&val.class[d])
-                    .map_or_else(|| "class(empty)".to_string(), |t| format!("class{}", class_names[t]));
+                let c = class_text.get(&val.class[d]).map_or_else(
+                    || "class(empty)".to_string(),
+                    |t| format!("class{}", class_names[t]),
+                );
                 format!("{c}{}", if val.isolated[d] { " isolated" } else { "" })
             }
         };
@@ -513,5 +562,9 @@ pub fn canonical(
 
 fn numbering<'a>(texts: impl Iterator<Item = &'a String>) -> BTreeMap<&'a String, usize> {
     let sorted: BTreeSet<&String> = texts.collect();
-    sorted.into_iter().enumerate().map(|(i, t)| (t, i)).collect()
+    sorted
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i))
+        .collect()
 }

@@ -31,7 +31,7 @@ impl BpfExecutor for FlipRejected {
     fn lookup(&mut self, map: MapKind, key: &[u8]) -> Result<Option<Vec<u8>>, BpfError> {
         self.0.lookup(map, key)
     }
-    fn entries(&mut self, map: MapKind) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BpfError> {
+    fn entries(&mut self, map: MapKind) -> Result<palisade_ebpf::Entries, BpfError> {
         self.0.entries(map)
     }
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError> {
