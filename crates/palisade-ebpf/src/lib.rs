@@ -447,3 +447,8 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         read(self).map_err(|e| failed(action, e))
     }
 }
+
+/// How many map entries one generation of `rs` takes (endpoints, peer and port tries).
+pub fn entry_count(rs: &NodeRuleset) -> usize {
+    plan::plan(rs, &mut Ids::default()).entries()
+}

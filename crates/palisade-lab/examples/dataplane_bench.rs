@@ -20,6 +20,9 @@
 //!                              before nft v2 (one set lookup per rule), in the same run
 //!   --seed 7                   seed of the generated cluster and of the updates
 //!   --dump DIR                 only write node 0's full nft script per size into DIR
+//!   --backend nft|ebpf|both    the dataplanes measured (default nft); `both`: each size,
+//!                              updates and iperf3 measured for nft and then for ebpf, in
+//!                              the same run against the same baseline pair
 //! ```
 //!
 //! The lab has four nodes. `bench/client` (node 0) -> `bench/server` (node 1) is the
@@ -120,6 +123,35 @@ struct Args {
     dump: Option<String>,
     /// Also measure the measured chains in the old one-lookup-per-rule layout.
     old_layout: bool,
+    backends: Vec<Kind>,
+}
+
+/// A dataplane the bench can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nft,
+    Ebpf,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Nft => "nft",
+            Kind::Ebpf => "ebpf",
+        }
+    }
+
+    fn make(self, netns: &str) -> Box<dyn Dataplane> {
+        match self {
+            Kind::Nft => Box::new(NftDataplane::new(
+                SystemNft::in_netns(netns),
+                Config::default(),
+            )),
+            Kind::Ebpf => Box::new(palisade_ebpf::EbpfDataplane::new(
+                palisade_ebpf::SystemBpf::in_netns(netns),
+            )),
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -138,6 +170,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 7,
         dump: None,
         old_layout: false,
+        backends: vec![Kind::Nft],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -166,6 +199,14 @@ fn parse_args() -> Result<Args, String> {
             "--updates" => a.updates = num(&value)? as usize,
             "--seed" => a.seed = num(&value)?,
             "--dump" => a.dump = Some(value),
+            "--backend" => {
+                a.backends = match value.as_str() {
+                    "nft" => vec![Kind::Nft],
+                    "ebpf" => vec![Kind::Ebpf],
+                    "both" => vec![Kind::Nft, Kind::Ebpf],
+                    other => return Err(format!("--backend {other}: nft, ebpf or both")),
+                }
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -686,7 +727,9 @@ struct Bench {
     lab: Lab,
     enforced: Pair,
     baseline: Pair,
-    dataplanes: Vec<NftDataplane<SystemNft>>,
+    dataplanes: Vec<Box<dyn Dataplane>>,
+    /// The backend `dataplanes` are.
+    kind: Kind,
 }
 
 impl Bench {
@@ -731,14 +774,33 @@ impl Bench {
         }
         let dataplanes = ENFORCING
             .iter()
-            .map(|&i| NftDataplane::new(SystemNft::in_netns(lab.node_netns(i)), Config::default()))
+            .map(|&i| Kind::Nft.make(lab.node_netns(i)))
             .collect();
         Ok(Bench {
             lab,
             enforced,
             baseline,
             dataplanes,
+            kind: Kind::Nft,
         })
+    }
+
+    /// Removes what the current backend installed on the enforcing nodes and makes
+    /// `kind` the current one (nothing applied yet).
+    fn switch(&mut self, kind: Kind) -> Result<(), String> {
+        for d in &mut self.dataplanes {
+            d.remove().map_err(|e| e.to_string())?;
+        }
+        if self.kind == Kind::Nft && kind != Kind::Nft {
+            // Deleting a large table keeps the kernel busy for a while after nft returns.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        self.dataplanes = ENFORCING
+            .iter()
+            .map(|&i| kind.make(self.lab.node_netns(i)))
+            .collect();
+        self.kind = kind;
+        Ok(())
     }
 
     fn node_name(&self, i: usize) -> String {
@@ -757,6 +819,11 @@ impl Bench {
     }
 
     fn flush_conntrack(&self) -> Result<(), String> {
+        if self.kind == Kind::Ebpf {
+            // No conntrack in these nodes (nothing loads it); the programs' own flow
+            // entries never let a SYN through unjudged.
+            return Ok(());
+        }
         for &i in &ENFORCING {
             let out = self
                 .lab
@@ -857,6 +924,11 @@ struct SizeResult {
     render_full: Vec<Duration>,
     full_apply: Vec<Duration>,
     cmp: Comparison,
+    /// eBPF map entries per node (with `--backend ebpf|both`).
+    ebpf_entries: Vec<usize>,
+    /// Measured with each further backend (`--backend both`): name, full apply per node,
+    /// comparison.
+    others: Vec<(&'static str, Vec<Duration>, Comparison)>,
     /// The old layout on the measured chains (with `--old-layout`).
     old_layout: Option<(usize, Comparison)>,
 }
@@ -904,15 +976,67 @@ fn measure_size(
         r.ir.push(rs.stats());
         rulesets.push(rs);
     }
-    r.full_apply = b.apply_all(&rulesets)?;
+    if args.backends.contains(&Kind::Ebpf) {
+        r.ebpf_entries = rulesets.iter().map(palisade_ebpf::entry_count).collect();
+    }
+    for (k, &kind) in args.backends.iter().enumerate() {
+        if b.kind != kind {
+            b.switch(kind)?;
+        }
+        let full_apply = b.apply_all(&rulesets)?;
+        eprintln!(
+            "size {n}: {}: full apply in {:?} ms",
+            kind.name(),
+            full_apply.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        );
+        check_flows(b, n)?;
+        let cmp = b.compare(args, &format!("size {n} {}", kind.name()))?;
+        if k == 0 {
+            r.full_apply = full_apply;
+            r.cmp = cmp;
+        } else {
+            r.others.push((kind.name(), full_apply, cmp));
+        }
+    }
     eprintln!(
         "size {n}: compiled in {:?} ms, full apply in {:?} ms, kernel {:?}",
         r.compile.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         r.full_apply.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
         r.kernel
     );
-    // Sanity: the allowed port connects; with policies, the other served port is dropped
-    // on the enforced pair and not on the baseline pair.
+    if args.old_layout && n > 0 && b.kind != Kind::Nft {
+        b.switch(Kind::Nft)?;
+        b.apply_all(&rulesets)?;
+    }
+    if args.old_layout && n > 0 {
+        let mut elements = 0;
+        let ends = [
+            (0, &b.enforced.client, palisade_ir::Direction::Egress),
+            (1, &b.enforced.server, palisade_ir::Direction::Ingress),
+        ];
+        for (i, pod, direction) in ends {
+            let (script, count) = old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
+            elements += count;
+            SystemNft::in_netns(b.lab.node_netns(ENFORCING[i]))
+                .run(&script)
+                .map_err(|e| e.to_string())?;
+        }
+        let ok = b.probe(&b.enforced, CONN_PORT, Duration::from_secs(2));
+        let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
+        if !ok.is_connected() || denied != ProbeOutcome::TimedOut {
+            return Err(format!(
+                "size {n}: old-layout chains: allowed {ok}, denied {denied}"
+            ));
+        }
+        r.old_layout = Some((elements, b.compare(args, &format!("size {n} old layout"))?));
+        b.apply_all(&rulesets)?;
+    }
+    Ok((r, state, rulesets))
+}
+
+/// Sanity: the allowed port connects; with policies, the other served port is dropped
+/// on the enforced pair and not on the baseline pair.
+fn check_flows(b: &Bench, n: usize) -> Result<(), String> {
     let ok = b.probe(&b.enforced, CONN_PORT, Duration::from_secs(2));
     if !ok.is_connected() {
         return Err(format!(
@@ -933,32 +1057,7 @@ fn measure_size(
             "size {n}: the baseline pair does not connect: {open}"
         ));
     }
-    r.cmp = b.compare(args, &format!("size {n}"))?;
-    if args.old_layout && n > 0 {
-        let mut elements = 0;
-        let ends = [
-            (0, &b.enforced.client, palisade_ir::Direction::Egress),
-            (1, &b.enforced.server, palisade_ir::Direction::Ingress),
-        ];
-        for (i, pod, direction) in ends {
-            let (script, count) = old_layout_script(&rulesets[i], &pod.to_string(), direction)?;
-            elements += count;
-            b.dataplanes[i]
-                .executor_mut()
-                .run(&script)
-                .map_err(|e| e.to_string())?;
-        }
-        let ok = b.probe(&b.enforced, CONN_PORT, Duration::from_secs(2));
-        let denied = b.probe(&b.enforced, DENIED_PORT, Duration::from_millis(500));
-        if !ok.is_connected() || denied != ProbeOutcome::TimedOut {
-            return Err(format!(
-                "size {n}: old-layout chains: allowed {ok}, denied {denied}"
-            ));
-        }
-        r.old_layout = Some((elements, b.compare(args, &format!("size {n} old layout"))?));
-        b.apply_all(&rulesets)?;
-    }
-    Ok((r, state, rulesets))
+    Ok(())
 }
 
 // ---- the old layout: one set lookup per rule ----
@@ -1100,12 +1199,9 @@ fn measure_updates(
     // As the agent runs it: incremental engine state, and a dataplane per node that keeps
     // the plan it applied (seeded by one full apply of what the tables already hold).
     let mut live = LiveState::from_state(std::mem::take(state));
-    let mut dataplanes: Vec<NftDataplane<SystemNft>> = Vec::new();
+    let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
     for (i, &node) in ENFORCING.iter().enumerate() {
-        let mut dp = NftDataplane::new(
-            SystemNft::in_netns(b.lab.node_netns(node)),
-            Config::default(),
-        );
+        let mut dp = b.kind.make(b.lab.node_netns(node));
         dp.apply_full(&rulesets[i]).map_err(|e| e.to_string())?;
         dataplanes.push(dp);
     }
@@ -1180,7 +1276,8 @@ fn measure_updates(
                     .map_err(|e| format!("update {u}: {e}"))?;
                 if report.full {
                     return Err(format!(
-                        "update {u}: nft rejected the update (fell back to full)"
+                        "update {u}: {} fell back to a full apply",
+                        b.kind.name()
                     ));
                 }
                 ops = report.operations;
@@ -1238,7 +1335,7 @@ fn latency_cells(c: &Comparison) -> (String, String) {
     )
 }
 
-fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
+fn report_sizes(calibration: &Comparison, results: &[SizeResult], first: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -1279,12 +1376,22 @@ fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
     for r in results {
         row(
             &mut s,
-            r.policies.to_string(),
+            format!("{} ({first})", r.policies),
             r.pods,
             r.nodes,
             r.m.to_string(),
             &r.cmp,
         );
+        for (name, _, c) in &r.others {
+            row(
+                &mut s,
+                format!("{} ({name})", r.policies),
+                r.pods,
+                r.nodes,
+                r.m.to_string(),
+                c,
+            );
+        }
         if let Some((elements, c)) = &r.old_layout {
             let label = format!(
                 "{} (old layout: one lookup per rule, {elements} elements)",
@@ -1320,6 +1427,33 @@ fn report_sizes(calibration: &Comparison, results: &[SizeResult]) -> String {
                 ms(r.render_full[i]),
                 ms(r.full_apply[i]),
             );
+        }
+    }
+    if results.iter().any(|r| !r.ebpf_entries.is_empty()) {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| policies | node | endpoints | eBPF map entries (one generation) | full apply ebpf (ms) |\n|---:|---:|---:|---:|---:|"
+        );
+        for r in results {
+            let apply: Vec<Duration> = if first == "ebpf" {
+                r.full_apply.clone()
+            } else {
+                r.others
+                    .iter()
+                    .find(|o| o.0 == "ebpf")
+                    .map(|o| o.1.clone())
+                    .unwrap_or_default()
+            };
+            for (i, (ir, e)) in r.ir.iter().zip(&r.ebpf_entries).enumerate() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {i} | {} | {e} | {} |",
+                    r.policies,
+                    ir.endpoints,
+                    apply.get(i).map_or("-".into(), |d| ms(*d))
+                );
+            }
         }
     }
     s
@@ -1472,36 +1606,47 @@ fn run(args: &Args) -> Result<String, String> {
         results.push(r);
         last = Some((size.n, state, rulesets));
     }
-    out.push_str(&report_sizes(&calibration, &results));
+    out.push_str(&report_sizes(
+        &calibration,
+        &results,
+        args.backends[0].name(),
+    ));
     let (n, mut state, mut rulesets) = last.ok_or("no sizes")?;
 
-    if args.iperf_secs > 0 {
-        let _ = writeln!(
-            out,
-            "\n### One long TCP flow (iperf3 -t {}, {n} policies)\n",
-            args.iperf_secs
-        );
-        let _ = writeln!(
-            out,
-            "| table | run | Gbit/s | sender CPU % | Gbit/s per CPU | retransmits |\n|---|---|---:|---:|---:|---:|"
-        );
-        let rows = iperf_rows(&b, args, "as rendered")?;
-        report_iperf(&mut out, "as rendered", &rows);
-    }
+    for &kind in &args.backends {
+        if b.kind != kind {
+            b.switch(kind)?;
+            b.apply_all(&rulesets)?;
+        }
+        let _ = writeln!(out, "\n## {}\n", kind.name());
+        if args.iperf_secs > 0 {
+            let _ = writeln!(
+                out,
+                "\n### One long TCP flow (iperf3 -t {}, {n} policies)\n",
+                args.iperf_secs
+            );
+            let _ = writeln!(
+                out,
+                "| table | run | Gbit/s | sender CPU % | Gbit/s per CPU | retransmits |\n|---|---|---:|---:|---:|---:|"
+            );
+            let rows = iperf_rows(&b, args, "as rendered")?;
+            report_iperf(&mut out, "as rendered", &rows);
+        }
 
-    if args.updates > 0 {
-        let (relabels, adds) = measure_updates(&mut b, &mut state, &mut rulesets, args)?;
-        let _ = writeln!(
-            out,
-            "\n### Change to kernel at {n} policies ({} updates of each kind; per update, the slower node)\n",
-            args.updates
-        );
-        let _ = writeln!(
-            out,
-            "| change | phase | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---:|---:|---:|"
-        );
-        out.push_str(&report_updates("pod relabel", &relabels));
-        out.push_str(&report_updates("policy add", &adds));
+        if args.updates > 0 {
+            let (relabels, adds) = measure_updates(&mut b, &mut state, &mut rulesets, args)?;
+            let _ = writeln!(
+                out,
+                "\n### Change to kernel at {n} policies ({} updates of each kind; per update, the slower node)\n",
+                args.updates
+            );
+            let _ = writeln!(
+                out,
+                "| change | phase | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---:|---:|---:|"
+            );
+            out.push_str(&report_updates("pod relabel", &relabels));
+            out.push_str(&report_updates("policy add", &adds));
+        }
     }
     let _ = writeln!(out, "\nwhole run: {:.0} s", started.elapsed().as_secs_f64());
     b.lab.destroy().map_err(|e| e.to_string())?;
