@@ -37,6 +37,11 @@
 #define ACT_DEFAULT_DENY 3
 #define ACT_OPEN 4
 
+// "Not ours to drop": the next program on the hook (TCX_NEXT; for a cls_bpf filter, the
+// next filter) decides, and with none the packet passes. TC_ACT_OK would end a TCX chain
+// and skip the programs of whoever else (a CNI) is attached after us.
+#define PASS TC_ACT_UNSPEC
+
 #define FAM_V4 4
 #define FAM_V6 6
 
@@ -376,13 +381,13 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 	struct pkt p;
 	int r = parse(skb, &p);
 	if (r == 1)
-		return TC_ACT_OK;
+		return PASS;
 	if (r < 0)
 		return TC_ACT_SHOT; // a truncated IP header: nothing to judge, never fail open
 	// The node's own traffic to its pods (kubelet probes) is never filtered: packets
 	// the node sends are not forwarded, they have no input interface.
 	if (hook == HOOK_TO_POD && skb->ingress_ifindex == 0)
-		return TC_ACT_OK;
+		return PASS;
 	// A pod's traffic to the node itself (its input path) is not filtered either.
 	if (hook == HOOK_FROM_POD) {
 		struct addr_key ak;
@@ -390,17 +395,17 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 		ak.family = p.family;
 		__builtin_memcpy(ak.addr, p.daddr, 16);
 		if (bpf_map_lookup_elem(&pal_local, &ak))
-			return TC_ACT_OK;
+			return PASS;
 	}
 	// Neighbour discovery, link-local and multicast destinations are never forwarded:
 	// no policy sees them (nor does nft's forward hook).
 	if (p.family == FAM_V6) {
 		if (p.daddr[0] == 0xff || (p.daddr[0] == 0xfe && (p.daddr[1] & 0xc0) == 0x80))
-			return TC_ACT_OK;
+			return PASS;
 		if (p.proto == IPPROTO_ICMPV6 && p.ndp)
-			return TC_ACT_OK;
+			return PASS;
 	} else if (p.daddr[0] >= 224) {
-		return TC_ACT_OK;
+		return PASS;
 	}
 	__u32 ifindex = skb->ifindex;
 	__u64 now = bpf_ktime_get_ns();
@@ -410,11 +415,11 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 		fill_conn(&ck, ifindex, hook ^ 1, p.iproto, p.family, p.isaddr, p.idaddr,
 			  p.isport, p.idport);
 		if (conn_known(&ck, now))
-			return TC_ACT_OK;
+			return PASS;
 		fill_conn(&ck, ifindex, hook, p.iproto, p.family, p.idaddr, p.isaddr,
 			  p.idport, p.isport);
 		if (conn_known(&ck, now))
-			return TC_ACT_OK;
+			return PASS;
 		return TC_ACT_SHOT; // conntrack calls an unrelated ICMP error invalid
 	}
 	// Established: the flow seen on this interface in this direction, or its reply. A
@@ -425,11 +430,11 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 		fill_conn(&ck, ifindex, hook, p.proto, p.family, p.saddr, p.daddr, p.sport,
 			  p.dport);
 		if (p.icmp_echo != 2 && conn_known(&ck, now))
-			return TC_ACT_OK;
+			return PASS;
 		fill_conn(&ck, ifindex, hook ^ 1, p.proto, p.family, p.daddr, p.saddr, p.dport,
 			  p.sport);
 		if (conn_known(&ck, now))
-			return TC_ACT_OK;
+			return PASS;
 	}
 	// A new connection: the endpoint's direction decides.
 	__u32 zero = 0;
@@ -493,7 +498,7 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 			  p.dport);
 		bpf_map_update_elem(&pal_conns, &ck, &cv, BPF_ANY);
 	}
-	return TC_ACT_OK;
+	return PASS;
 }
 
 SEC("tc")

@@ -401,12 +401,17 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/palisade-ebpf";
 
 const PROG_FROM: &str = "palisade_from_pod";
 const PROG_TO: &str = "palisade_to_pod";
+/// The handle and priority of our tc filters on the clsact path ("pa1" + 1).
+const TC_HANDLE: u32 = 0x0a11;
+const TC_PRIORITY: u32 = 0x0a11;
 
 /// The real kernel, inside one network namespace (or the current one).
 #[derive(Debug)]
 pub struct SystemBpf {
     netns: Option<String>,
     dir: PathBuf,
+    /// Attach through clsact (tc filters) even where TCX is available.
+    force_clsact: bool,
     maps: HashMap<MapKind, libbpf_rs::MapHandle>,
 }
 
@@ -416,6 +421,7 @@ impl SystemBpf {
         SystemBpf {
             netns: None,
             dir: Path::new(PIN_ROOT).join("host"),
+            force_clsact: false,
             maps: HashMap::new(),
         }
     }
@@ -426,8 +432,81 @@ impl SystemBpf {
         SystemBpf {
             netns: Some(netns.to_string()),
             dir: Path::new(PIN_ROOT).join(format!("netns-{netns}")),
+            force_clsact: false,
             maps: HashMap::new(),
         }
+    }
+
+    /// Attaches through a clsact qdisc and tc filters (the path for kernels before 6.6,
+    /// taken by itself when TCX is refused) even where TCX is available.
+    pub fn with_clsact(mut self) -> SystemBpf {
+        self.force_clsact = true;
+        self
+    }
+
+    /// Marker of a clsact attachment (tc filters are not pinned: they live on the
+    /// interface), beside the state files.
+    fn tc_marker(&self, ifindex: u32, hook: &str) -> PathBuf {
+        state_dir(&self.dir)
+            .join("tc")
+            .join(format!("{ifindex}-{hook}"))
+    }
+
+    fn tc_hook(fd: std::os::fd::BorrowedFd<'_>, ifindex: u32, ingress: bool) -> libbpf_rs::TcHook {
+        libbpf_rs::TcHookBuilder::new(fd)
+            .ifindex(ifindex as i32)
+            .replace(true)
+            .handle(TC_HANDLE)
+            .priority(TC_PRIORITY)
+            .hook(if ingress {
+                libbpf_rs::TC_INGRESS
+            } else {
+                libbpf_rs::TC_EGRESS
+            })
+    }
+
+    fn attach_clsact(&self, ifindex: u32, prog: &str, ingress: bool) -> Result<(), BpfError> {
+        let hook = if ingress { "from" } else { "to" };
+        let prog_pin = self.prog_pin(prog);
+        let handle = libbpf_rs::ProgramHandle::from_pinned_path(&prog_pin)
+            .map_err(|e| kernel(format!("opening {}", prog_pin.display()), e))?;
+        self.run_in_netns(|| {
+            use std::os::fd::AsFd;
+            let mut h = Self::tc_hook(handle.as_fd(), ifindex, ingress);
+            // create() makes the clsact qdisc; it may exist already.
+            let _ = h.create();
+            h.attach().map_err(|e| {
+                kernel(format!("attaching {prog} (clsact) to ifindex {ifindex}"), e)
+            })?;
+            Ok(())
+        })?;
+        let marker = self.tc_marker(ifindex, hook);
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| kernel(format!("creating {}", dir.display()), e))?;
+        }
+        std::fs::write(&marker, prog)
+            .map_err(|e| kernel(format!("writing {}", marker.display()), e))
+    }
+
+    fn detach_clsact(&self, ifindex: u32, ingress: bool) -> Result<(), BpfError> {
+        let marker = self.tc_marker(ifindex, if ingress { "from" } else { "to" });
+        if !marker.exists() {
+            return Ok(());
+        }
+        let prog = if ingress { PROG_FROM } else { PROG_TO };
+        let prog_pin = self.prog_pin(prog);
+        if let Ok(handle) = libbpf_rs::ProgramHandle::from_pinned_path(&prog_pin) {
+            self.run_in_netns(|| {
+                use std::os::fd::AsFd;
+                let mut h = Self::tc_hook(handle.as_fd(), ifindex, ingress);
+                // The interface may be gone, and its filters with it.
+                let _ = h.detach();
+                Ok(())
+            })?;
+        }
+        std::fs::remove_file(&marker)
+            .map_err(|e| kernel(format!("removing {}", marker.display()), e))
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -541,9 +620,13 @@ impl SystemBpf {
     }
 
     fn attach_one(&self, ifindex: u32, prog: &str, ingress: bool) -> Result<(), BpfError> {
-        let pin = self.link_pin(ifindex, if ingress { "from" } else { "to" });
-        if pin.exists() {
+        let hook = if ingress { "from" } else { "to" };
+        let pin = self.link_pin(ifindex, hook);
+        if pin.exists() || self.tc_marker(ifindex, hook).exists() {
             return Ok(());
+        }
+        if self.force_clsact {
+            return self.attach_clsact(ifindex, prog, ingress);
         }
         let prog_pin = self.prog_pin(prog);
         let handle = libbpf_rs::ProgramHandle::from_pinned_path(&prog_pin)
@@ -552,7 +635,7 @@ impl SystemBpf {
         let prog_fd = handle.as_fd().as_raw_fd();
         let pin_c = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
             .map_err(|e| BpfError::Other(e.to_string()))?;
-        self.run_in_netns(move || {
+        let tcx = self.run_in_netns(move || {
             let attach_type = if ingress {
                 libbpf_rs::libbpf_sys::BPF_TCX_INGRESS
             } else {
@@ -566,9 +649,14 @@ impl SystemBpf {
                 libbpf_rs::libbpf_sys::bpf_link_create(prog_fd, ifindex as _, attach_type, &opts)
             };
             if fd < 0 {
+                let err = std::io::Error::from_raw_os_error(-fd);
+                // A kernel before 6.6 does not know the TCX attach types.
+                if matches!(-fd, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTSUP) {
+                    return Ok(Err(err));
+                }
                 return Err(kernel(
                     format!("attaching {prog} (tcx) to ifindex {ifindex}"),
-                    std::io::Error::from_raw_os_error(-fd),
+                    err,
                 ));
             }
             // SAFETY: fd is a link fd we own; the path is a valid C string; after pinning
@@ -584,10 +672,16 @@ impl SystemBpf {
                     std::io::Error::from_raw_os_error(-rc),
                 ));
             }
-            Ok(())
+            Ok(Ok(()))
         })?;
         drop(handle);
-        Ok(())
+        match tcx {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::info!(ifindex, error = %e, "ebpf: TCX refused; attaching through clsact");
+                self.attach_clsact(ifindex, prog, ingress)
+            }
+        }
     }
 }
 
@@ -789,6 +883,20 @@ impl BpfExecutor for SystemBpf {
                 }
             }
         }
+        if let Ok(dir) = std::fs::read_dir(state_dir(&self.dir).join("tc")) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if let Some((idx, hook)) = name.split_once('-')
+                    && let Ok(idx) = idx.parse::<u32>()
+                {
+                    match hook {
+                        "from" => from.insert(idx),
+                        "to" => to.insert(idx),
+                        _ => false,
+                    };
+                }
+            }
+        }
         Ok(from.intersection(&to).copied().collect())
     }
 
@@ -798,6 +906,8 @@ impl BpfExecutor for SystemBpf {
     }
 
     fn detach(&mut self, ifindex: u32) -> Result<(), BpfError> {
+        self.detach_clsact(ifindex, true)?;
+        self.detach_clsact(ifindex, false)?;
         // Unpinning drops the last reference to the link: the kernel detaches it.
         for hook in ["from", "to"] {
             let pin = self.link_pin(ifindex, hook);
@@ -834,6 +944,11 @@ impl BpfExecutor for SystemBpf {
     }
 
     fn remove_all(&mut self) -> Result<(), BpfError> {
+        // tc filters live on the interfaces: take them off first.
+        for ifindex in self.attached()? {
+            self.detach_clsact(ifindex, true)?;
+            self.detach_clsact(ifindex, false)?;
+        }
         self.maps.clear();
         if self.dir.exists() {
             std::fs::remove_dir_all(&self.dir)
