@@ -651,7 +651,7 @@ impl SystemBpf {
             if fd < 0 {
                 let err = std::io::Error::from_raw_os_error(-fd);
                 // A kernel before 6.6 does not know the TCX attach types.
-                if matches!(-fd, libc::EINVAL | libc::EOPNOTSUPP | libc::ENOTSUP) {
+                if matches!(-fd, libc::EINVAL | libc::EOPNOTSUPP) {
                     return Ok(Err(err));
                 }
                 return Err(kernel(

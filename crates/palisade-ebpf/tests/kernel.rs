@@ -125,7 +125,7 @@ fn tcx_and_clsact_enforce_count_and_remove_cleanly() {
             );
         }
         assert_eq!(
-            tc_filters("ingress").contains("palisade_from_pod"),
+            tc_filters("ingress").contains("palisade_from_p"),
             clsact,
             "the programs sit where they should: {}",
             tc_filters("ingress")
