@@ -68,6 +68,7 @@ use std::net::IpAddr;
 
 use palisade_ir::{
     ApplyReport, Count, Counters, Dataplane, DataplaneError, Direction, NodeRuleset, RulesetDiff,
+    SetId,
 };
 
 pub use exec::{
@@ -75,7 +76,7 @@ pub use exec::{
     gc_stale_pins,
 };
 use layout::MapKind;
-pub use plan::{Ids, Plan};
+pub use plan::{Ids, Part, Plan, PlanCache};
 
 const BACKEND: &str = "ebpf";
 const IDS_FILE: &str = "ids.json";
@@ -96,7 +97,7 @@ fn failed(action: &str, e: impl std::fmt::Display) -> DataplaneError {
 /// 0), as canonical text: what `apply --dry-run` prints.
 pub fn render_full(desired: &NodeRuleset) -> String {
     let mut ids = Ids::default();
-    let plan = plan::plan(desired, &mut ids);
+    let plan = plan::plan(desired, &mut ids, &mut PlanCache::default());
     let origins = ids.origins.clone();
     let slots = ids.slots.clone();
     let mut out = format!(
@@ -105,9 +106,9 @@ pub fn render_full(desired: &NodeRuleset) -> String {
         plan.entries()
     );
     out.push_str(&plan::canonical(
-        plan.map(MapKind::Endpoints),
-        plan.map(MapKind::Peers),
-        plan.map(MapKind::Ports),
+        &plan.map(MapKind::Endpoints),
+        &plan.map(MapKind::Peers),
+        &plan.map(MapKind::Ports),
         &|id| {
             id.checked_sub(1)
                 .and_then(|i| origins.get(i as usize))
@@ -132,6 +133,7 @@ pub struct EbpfDataplane<E: BpfExecutor> {
     gens: [Option<(String, std::sync::Arc<Plan>)>; 2],
     /// Interfaces of local endpoints, from the last apply that read the routes.
     wanted: Option<BTreeSet<u32>>,
+    cache: PlanCache,
 }
 
 impl<E: BpfExecutor> EbpfDataplane<E> {
@@ -141,6 +143,7 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             ids: None,
             gens: [None, None],
             wanted: None,
+            cache: PlanCache::default(),
         }
     }
 
@@ -174,35 +177,64 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
     /// Writes generation `g` from `from` (what it holds) to `to`; `None`: clear it first.
     fn write_gen(&mut self, g: u8, from: Option<&Plan>, to: &Plan) -> Result<usize, BpfError> {
         let mut ops = 0;
-        for m in MapKind::POLICY {
-            match from {
-                None => {
-                    for (k, _) in self.executor.entries(m)? {
-                        if layout::gen_of(m, &k) == Some(g) {
-                            self.executor.delete(m, &k)?;
-                            ops += 1;
-                        }
-                    }
-                    for (k, v) in to.map(m) {
-                        self.executor.update(m, &layout::with_gen(m, k, g), v)?;
+        let Some(old) = from else {
+            for m in MapKind::POLICY {
+                for (k, _) in self.executor.entries(m)? {
+                    if layout::gen_of(m, &k) == Some(g) {
+                        self.executor.delete(m, &k)?;
                         ops += 1;
                     }
                 }
-                Some(old) => {
-                    let (old, new) = (old.map(m), to.map(m));
-                    for (k, v) in new {
-                        if old.get(k) != Some(v) {
-                            self.executor.update(m, &layout::with_gen(m, k, g), v)?;
-                            ops += 1;
-                        }
-                    }
-                    for k in old.keys() {
-                        if !new.contains_key(k) {
-                            self.executor.delete(m, &layout::with_gen(m, k, g))?;
-                            ops += 1;
-                        }
-                    }
+            }
+            ops += self.write_diff(g, MapKind::Endpoints, &BTreeMap::new(), &to.endpoints)?;
+            for (m, parts) in [(MapKind::Peers, &to.classes), (MapKind::Ports, &to.groups)] {
+                for part in parts.values() {
+                    ops += self.write_diff(g, m, &BTreeMap::new(), part)?;
                 }
+            }
+            return Ok(ops);
+        };
+        ops += self.write_diff(g, MapKind::Endpoints, &old.endpoints, &to.endpoints)?;
+        let empty = BTreeMap::new();
+        for (m, new, before) in [
+            (MapKind::Peers, &to.classes, &old.classes),
+            (MapKind::Ports, &to.groups, &old.groups),
+        ] {
+            for (id, part) in new {
+                match before.get(id) {
+                    Some(b) if std::sync::Arc::ptr_eq(b, part) => {}
+                    Some(b) => ops += self.write_diff(g, m, b, part)?,
+                    None => ops += self.write_diff(g, m, &empty, part)?,
+                }
+            }
+            for (id, b) in before {
+                if !new.contains_key(id) {
+                    ops += self.write_diff(g, m, b, &empty)?;
+                }
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Writes what differs between `old` and `new` (entries of one map) into generation `g`.
+    fn write_diff(
+        &mut self,
+        g: u8,
+        m: MapKind,
+        old: &BTreeMap<Vec<u8>, Vec<u8>>,
+        new: &BTreeMap<Vec<u8>, Vec<u8>>,
+    ) -> Result<usize, BpfError> {
+        let mut ops = 0;
+        for (k, v) in new {
+            if old.get(k) != Some(v) {
+                self.executor.update(m, &layout::with_gen(m, k, g), v)?;
+                ops += 1;
+            }
+        }
+        for k in old.keys() {
+            if !new.contains_key(k) {
+                self.executor.delete(m, &layout::with_gen(m, k, g))?;
+                ops += 1;
             }
         }
         Ok(ops)
@@ -275,7 +307,20 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
     ) -> Result<ApplyReport, BpfError> {
         self.executor.prepare()?;
         let mut ids = self.load_ids()?;
-        let plan = std::sync::Arc::new(plan::plan(desired, &mut ids));
+        match diff {
+            None => self.cache.clear(),
+            Some(d) => {
+                let changed: BTreeSet<SetId> = d
+                    .peer_set_members
+                    .keys()
+                    .chain(d.peer_sets_added.keys())
+                    .chain(d.peer_sets_removed.iter())
+                    .cloned()
+                    .collect();
+                self.cache.invalidate(&changed);
+            }
+        }
+        let plan = std::sync::Arc::new(plan::plan(desired, &mut ids, &mut self.cache));
         let too_many = ids.origins.len() > MAX_ORIGINS || ids.slots.len() > MAX_SLOTS;
         let ids_text = serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?;
         self.ids = Some(ids);
@@ -368,6 +413,7 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         self.ids = None;
         self.gens = [None, None];
         self.wanted = None;
+        self.cache.clear();
         self.executor
             .remove_all()
             .map_err(|e| failed("removal of the eBPF programs and maps", e))
@@ -450,5 +496,5 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
 
 /// How many map entries one generation of `rs` takes (endpoints, peer and port tries).
 pub fn entry_count(rs: &NodeRuleset) -> usize {
-    plan::plan(rs, &mut Ids::default()).entries()
+    plan::plan(rs, &mut Ids::default(), &mut PlanCache::default()).entries()
 }

@@ -12,12 +12,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use palisade_ir::cidr::u128_to_addr;
 use palisade_ir::{
     Action, AllowRule, Direction, DirectionRules, IpRange, NodeRuleset, PeerMatch, PortMatch,
-    Protocol, RuleOrigin,
+    Protocol, RuleOrigin, SetId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,20 +98,66 @@ impl Ids {
     }
 }
 
-/// What one generation of the policy maps holds (keys with generation 0).
+/// Entries of one map (keys with generation 0).
+pub type Part = Arc<BTreeMap<Vec<u8>, Vec<u8>>>;
+
+/// What one generation of the policy maps holds, in parts that an update compares by
+/// pointer first: a class or group computed in an earlier plan and still valid is the
+/// same `Arc`, so an update only looks into what changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub maps: BTreeMap<MapKind, BTreeMap<Vec<u8>, Vec<u8>>>,
+    pub endpoints: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Class id -> its entries in `pal_peers`.
+    pub classes: BTreeMap<u32, Part>,
+    /// Group id -> its entries in `pal_ports`.
+    pub groups: BTreeMap<u32, Part>,
 }
 
 impl Plan {
-    pub fn map(&self, m: MapKind) -> &BTreeMap<Vec<u8>, Vec<u8>> {
-        static EMPTY: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-        self.maps.get(&m).unwrap_or(&EMPTY)
+    /// Every entry of one policy map.
+    pub fn map(&self, m: MapKind) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        match m {
+            MapKind::Endpoints => self.endpoints.clone(),
+            MapKind::Peers => self
+                .classes
+                .values()
+                .flat_map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .collect(),
+            MapKind::Ports => self
+                .groups
+                .values()
+                .flat_map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .collect(),
+            _ => BTreeMap::new(),
+        }
     }
 
     pub fn entries(&self) -> usize {
-        self.maps.values().map(BTreeMap::len).sum()
+        self.endpoints.len()
+            + self.classes.values().map(|p| p.len()).sum::<usize>()
+            + self.groups.values().map(|p| p.len()).sum::<usize>()
+    }
+}
+
+/// Classes and groups computed by earlier plans. A group's entries depend only on its
+/// content key (port sets are named by content), so they stay valid; a class's depend on
+/// the peer sets its rules name, so a change to one of them drops the class.
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    classes: HashMap<u32, (Part, Vec<u32>, BTreeSet<SetId>)>,
+    groups: HashMap<u32, Part>,
+}
+
+impl PlanCache {
+    pub fn clear(&mut self) {
+        self.classes.clear();
+        self.groups.clear();
+    }
+
+    /// Drops the classes whose rules name one of `changed`.
+    pub fn invalidate(&mut self, changed: &BTreeSet<SetId>) {
+        self.classes
+            .retain(|_, (_, _, deps)| deps.is_disjoint(changed));
     }
 }
 
@@ -200,13 +247,9 @@ fn no_match(isolated: bool) -> u32 {
     if isolated { ACT_DEFAULT_DENY } else { ACT_OPEN }
 }
 
-/// Builds the plan of `rs`, interning ids in `ids`.
-pub fn plan(rs: &NodeRuleset, ids: &mut Ids) -> Plan {
-    let mut endpoints = BTreeMap::new();
-    let mut peers = BTreeMap::new();
-    let mut ports = BTreeMap::new();
-    let mut done_classes: BTreeSet<u32> = BTreeSet::new();
-    let mut done_groups: BTreeSet<u32> = BTreeSet::new();
+/// Builds the plan of `rs`, interning ids in `ids` and reusing what `cache` holds.
+pub fn plan(rs: &NodeRuleset, ids: &mut Ids, cache: &mut PlanCache) -> Plan {
+    let mut plan = Plan::default();
     for ep in rs.endpoints.values() {
         let mut val = EpVal {
             class: [0, 0],
@@ -226,27 +269,27 @@ pub fn plan(rs: &NodeRuleset, ids: &mut Ids) -> Plan {
             );
             let (class, _) = Ids::intern(&mut ids.classes, key);
             val.class[di] = class;
-            if done_classes.insert(class) {
-                class_entries(
-                    rs,
-                    rules,
-                    class,
-                    ids,
-                    &mut done_groups,
-                    &mut peers,
-                    &mut ports,
-                );
+            if plan.classes.contains_key(&class) {
+                continue;
+            }
+            if !cache.classes.contains_key(&class) {
+                let computed = class_entries(rs, rules, class, ids, &mut cache.groups);
+                cache.classes.insert(class, computed);
+            }
+            let (part, groups, _) = &cache.classes[&class];
+            plan.classes.insert(class, Arc::clone(part));
+            for g in groups {
+                plan.groups.insert(*g, Arc::clone(&cache.groups[g]));
             }
         }
         for ip in &ep.ips {
-            endpoints.insert(layout::ep_key(ip), val.encode());
+            plan.endpoints.insert(layout::ep_key(ip), val.encode());
         }
     }
-    let mut maps = BTreeMap::new();
-    maps.insert(MapKind::Endpoints, endpoints);
-    maps.insert(MapKind::Peers, peers);
-    maps.insert(MapKind::Ports, ports);
-    Plan { maps }
+    // What this plan does not use is not kept.
+    cache.classes.retain(|c, _| plan.classes.contains_key(c));
+    cache.groups.retain(|g, _| plan.groups.contains_key(g));
+    plan
 }
 
 pub fn dir_index(d: Direction) -> usize {
@@ -256,16 +299,25 @@ pub fn dir_index(d: Direction) -> usize {
     }
 }
 
+/// A class's peer entries, the groups they name, and the peer sets they depend on;
+/// computes the groups `groups` lacks.
 fn class_entries(
     rs: &NodeRuleset,
     rules: &DirectionRules,
     class: u32,
     ids: &mut Ids,
-    done_groups: &mut BTreeSet<u32>,
-    peers: &mut BTreeMap<Vec<u8>, Vec<u8>>,
-    ports: &mut BTreeMap<Vec<u8>, Vec<u8>>,
-) {
+    groups: &mut HashMap<u32, Part>,
+) -> (Part, Vec<u32>, BTreeSet<SetId>) {
+    let mut peers = BTreeMap::new();
+    let mut used: BTreeSet<u32> = BTreeSet::new();
     let list = combined(rules);
+    let deps: BTreeSet<SetId> = list
+        .iter()
+        .filter_map(|c| match c.peers {
+            PeerMatch::Set(id) => Some(id.clone()),
+            PeerMatch::Any => None,
+        })
+        .collect();
     // peer_pieces takes AllowRules: only their peers matter to it.
     let as_allow: Vec<AllowRule> = list
         .iter()
@@ -293,8 +345,11 @@ fn class_entries(
                 ));
             }
             let (group, _) = Ids::intern(&mut ids.groups, gkey);
-            if done_groups.insert(group) {
-                group_entries(rs, &list, rules.isolated, &holders, group, ids, ports);
+            used.insert(group);
+            if !groups.contains_key(&group) {
+                let mut ports = BTreeMap::new();
+                group_entries(rs, &list, rules.isolated, &holders, group, ids, &mut ports);
+                groups.insert(group, Arc::new(ports));
             }
             if holders.iter().all(|&i| *list[i].peers == PeerMatch::Any) {
                 any_only = Some(group);
@@ -320,6 +375,7 @@ fn class_entries(
             );
         }
     }
+    (Arc::new(peers), used.into_iter().collect(), deps)
 }
 
 fn group_entries(
