@@ -45,6 +45,10 @@ pub trait BpfExecutor: Send {
     fn delete(&mut self, map: MapKind, key: &[u8]) -> Result<(), BpfError>;
     fn lookup(&mut self, map: MapKind, key: &[u8]) -> Result<Option<Vec<u8>>, BpfError>;
     fn entries(&mut self, map: MapKind) -> Result<Entries, BpfError>;
+    /// The keys of a map (cheaper than [`BpfExecutor::entries`] on the kernel).
+    fn keys(&mut self, map: MapKind) -> Result<Vec<Vec<u8>>, BpfError> {
+        Ok(self.entries(map)?.into_iter().map(|(k, _)| k).collect())
+    }
     /// A per-CPU counter summed over CPUs: (packets, bytes).
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError>;
     /// Host routes (/32, /128) of the node, with their interfaces.
@@ -780,6 +784,11 @@ impl BpfExecutor for SystemBpf {
             }
         }
         Ok(out)
+    }
+
+    fn keys(&mut self, map: MapKind) -> Result<Vec<Vec<u8>>, BpfError> {
+        use libbpf_rs::MapCore;
+        Ok(self.handle(map)?.keys().collect())
     }
 
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError> {

@@ -134,6 +134,8 @@ pub struct EbpfDataplane<E: BpfExecutor> {
     /// Interfaces of local endpoints, from the last apply that read the routes.
     wanted: Option<BTreeSet<u32>>,
     cache: PlanCache,
+    /// (origins, slots) in the ids file this instance last wrote.
+    ids_written: Option<(usize, usize)>,
 }
 
 impl<E: BpfExecutor> EbpfDataplane<E> {
@@ -144,6 +146,7 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             gens: [None, None],
             wanted: None,
             cache: PlanCache::default(),
+            ids_written: None,
         }
     }
 
@@ -179,7 +182,7 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         let mut ops = 0;
         let Some(old) = from else {
             for m in MapKind::POLICY {
-                for (k, _) in self.executor.entries(m)? {
+                for k in self.executor.keys(m)? {
                     if layout::gen_of(m, &k) == Some(g) {
                         self.executor.delete(m, &k)?;
                         ops += 1;
@@ -322,7 +325,13 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         }
         let plan = std::sync::Arc::new(plan::plan(desired, &mut ids, &mut self.cache));
         let too_many = ids.origins.len() > MAX_ORIGINS || ids.slots.len() > MAX_SLOTS;
-        let ids_text = serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?;
+        // Ids only grow: the file is rewritten when they did.
+        let counts = (ids.origins.len(), ids.slots.len());
+        let ids_text = if self.ids_written == Some(counts) {
+            None
+        } else {
+            Some(serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?)
+        };
         self.ids = Some(ids);
         if too_many {
             return Err(BpfError::Other(format!(
@@ -332,7 +341,10 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         let active = self.active_gen()?;
         let inactive = 1 - active;
         let (mut ops, full) = self.fill(inactive, &plan, diff.is_some())?;
-        self.executor.write_state(IDS_FILE, &ids_text)?;
+        if let Some(text) = ids_text {
+            self.executor.write_state(IDS_FILE, &text)?;
+            self.ids_written = Some(counts);
+        }
         // Interfaces: re-read the routes when endpoints came or moved, or on a full apply.
         let reread = diff.is_none_or(|d| {
             !d.endpoints_added.is_empty()
@@ -414,6 +426,7 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         self.gens = [None, None];
         self.wanted = None;
         self.cache.clear();
+        self.ids_written = None;
         self.executor
             .remove_all()
             .map_err(|e| failed("removal of the eBPF programs and maps", e))

@@ -346,10 +346,10 @@ fn class_entries(
             }
             let (group, _) = Ids::intern(&mut ids.groups, gkey);
             used.insert(group);
-            if !groups.contains_key(&group) {
+            if let std::collections::hash_map::Entry::Vacant(e) = groups.entry(group) {
                 let mut ports = BTreeMap::new();
                 group_entries(rs, &list, rules.isolated, &holders, group, ids, &mut ports);
-                groups.insert(group, Arc::new(ports));
+                e.insert(Arc::new(ports));
             }
             if holders.iter().all(|&i| *list[i].peers == PeerMatch::Any) {
                 any_only = Some(group);

@@ -34,6 +34,9 @@ impl BpfExecutor for FlipRejected {
     fn entries(&mut self, map: MapKind) -> Result<palisade_ebpf::Entries, BpfError> {
         self.0.entries(map)
     }
+    fn keys(&mut self, map: MapKind) -> Result<Vec<Vec<u8>>, BpfError> {
+        self.0.keys(map)
+    }
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError> {
         self.0.count(map, index)
     }
