@@ -884,6 +884,12 @@ impl BpfExecutor for SystemBpf {
                 if let Some((idx, hook)) = name.split_once('-')
                     && let Ok(idx) = idx.parse::<u32>()
                 {
+                    // A link whose interface went away, or that someone detached, is
+                    // defunct (ifindex 0): unpin it so the next apply attaches again.
+                    if !link_alive(&e.path()) {
+                        let _ = std::fs::remove_file(e.path());
+                        continue;
+                    }
                     match hook {
                         "from" => from.insert(idx),
                         "to" => to.insert(idx),
@@ -969,6 +975,20 @@ impl BpfExecutor for SystemBpf {
                 .map_err(|e| kernel(format!("removing {}", state.display()), e))?;
         }
         Ok(())
+    }
+}
+
+/// Is the pinned TCX link still attached to an interface?
+fn link_alive(pin: &Path) -> bool {
+    let Ok(link) = libbpf_rs::Link::open(pin) else {
+        return false;
+    };
+    match link.info() {
+        Ok(info) => match info.info {
+            libbpf_rs::query::LinkTypeInfo::Tcx(t) => t.ifindex != 0,
+            _ => true,
+        },
+        Err(_) => true,
     }
 }
 

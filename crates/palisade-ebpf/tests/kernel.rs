@@ -130,6 +130,27 @@ fn tcx_and_clsact_enforce_count_and_remove_cleanly() {
             "the programs sit where they should: {}",
             tc_filters("ingress")
         );
+        if !clsact {
+            // Drift: someone detaches our links without unpinning them; the next full
+            // apply notices the defunct links and attaches again.
+            for e in std::fs::read_dir(pins.join("links")).expect("links") {
+                let path = e.expect("entry").path();
+                let out = std::process::Command::new("bpftool")
+                    .args(["link", "detach", "pinned"])
+                    .arg(&path)
+                    .output()
+                    .expect("bpftool");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(probe(81, IpFamily::V4), "detached: nothing enforces");
+            dp.apply_full(&rs).expect("apply again");
+            assert!(!probe(81, IpFamily::V4), "attached again");
+            assert!(probe(80, IpFamily::V4));
+        }
         let counters = dp.counters().expect("counters");
         assert!(counters.allowed[&origin()].packets >= 2, "{counters:?}");
         assert!(
