@@ -14,13 +14,13 @@
 //! On the *host side* of each local pod's interface, in the node's network namespace,
 //! found from the node's host routes to the pod's addresses (as a routed CNI such as
 //! Calico sets them up): `palisade_from_pod` on tc ingress judges the pod's **egress**,
-//! `palisade_to_pod` on tc egress judges its **ingress**. Attached with TCX links (kernel
-//! >= 6.6, pinned), or through a clsact qdisc and tc filters when the kernel refuses TCX.
-//! A packet the programs let through goes on to whatever is attached after them
-//! (`TC_ACT_UNSPEC`). So the egress
-//! of a pod is checked on its node, the ingress on the destination's node; pod to pod on
-//! one node meets both. A new pod is one more attachment, made by the apply that first
-//! enforces it.
+//! `palisade_to_pod` on tc egress judges its **ingress**. So the egress of a pod is
+//! checked on its node, the ingress on the destination's node; pod to pod on one node
+//! meets both. A new pod is one more attachment, made by the apply that first enforces it.
+//!
+//! Attached with TCX links (kernel 6.6 or later, pinned), or through a clsact qdisc and
+//! tc filters when the kernel refuses TCX. A packet the programs let through goes on to
+//! whatever is attached after them (`TC_ACT_UNSPEC`).
 //!
 //! ## Per packet (constant work, no loop over rules or peers)
 //! 1. Not IP: pass. Packets the node itself sends to a pod (no input interface) pass, so
