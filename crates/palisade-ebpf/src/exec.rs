@@ -448,6 +448,54 @@ impl SystemBpf {
         self
     }
 
+    /// Runs one of the loaded programs on `frame` (an Ethernet frame) with the kernel's
+    /// test runner (BPF_PROG_TEST_RUN), inside this executor's network namespace, as if it
+    /// were seen on `ifindex` (an interface of that namespace; 1 = lo) having come in on
+    /// `ingress_ifindex` (0: sent by the node). Nothing is sent anywhere. Returns the
+    /// program's verdict (`TC_ACT_SHOT` = 2, `TC_ACT_UNSPEC` = -1).
+    pub fn test_run(
+        &self,
+        to_pod: bool,
+        frame: &[u8],
+        ifindex: u32,
+        ingress_ifindex: u32,
+    ) -> Result<i32, BpfError> {
+        let prog = if to_pod { PROG_TO } else { PROG_FROM };
+        let prog_pin = self.prog_pin(prog);
+        let handle = libbpf_rs::ProgramHandle::from_pinned_path(&prog_pin)
+            .map_err(|e| kernel(format!("opening {}", prog_pin.display()), e))?;
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = handle.as_fd().as_raw_fd();
+        // struct __sk_buff: ingress_ifindex at byte 36, ifindex at byte 40 (192 bytes).
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let data = frame.to_vec();
+        let retval = self.run_in_netns(move || {
+            let mut opts = libbpf_rs::libbpf_sys::bpf_test_run_opts {
+                sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_test_run_opts>() as _,
+                data_in: data.as_ptr().cast(),
+                data_size_in: data.len() as u32,
+                ctx_in: ctx.as_ptr().cast(),
+                ctx_size_in: ctx.len() as u32,
+                ..Default::default()
+            };
+            // SAFETY: every pointer in opts points into `data` and `ctx`, alive for the
+            // call, with their true sizes; no output buffers are given. fd stays open
+            // (the handle outlives this closure).
+            let rc = unsafe { libbpf_rs::libbpf_sys::bpf_prog_test_run_opts(fd, &mut opts) };
+            if rc < 0 {
+                return Err(kernel(
+                    format!("test run of {prog}"),
+                    std::io::Error::from_raw_os_error(-rc),
+                ));
+            }
+            Ok(opts.retval as i32)
+        })?;
+        drop(handle);
+        Ok(retval)
+    }
+
     /// Marker of a clsact attachment (tc filters are not pinned: they live on the
     /// interface), beside the state files.
     fn tc_marker(&self, ifindex: u32, hook: &str) -> PathBuf {

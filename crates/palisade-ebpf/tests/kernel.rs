@@ -164,3 +164,129 @@ fn tcx_and_clsact_enforce_count_and_remove_cleanly() {
         assert!(probe(81, IpFamily::V4), "nothing enforces after remove()");
     }
 }
+
+/// A throwaway network namespace with a veth pair inside it (ifindex 2 and 3), deleted
+/// with its pins when dropped.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn create() -> TestNetns {
+        let name = format!("palisade-ebpft-{:08x}", rand_suffix());
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["netns", "add", &name]);
+        let ns = TestNetns(name.clone());
+        run(&[
+            "-n", &name, "link", "add", "d1", "type", "veth", "peer", "name", "d2",
+        ]);
+        for d in ["d1", "d2"] {
+            run(&["-n", &name, "link", "set", d, "up"]);
+        }
+        ns
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = SystemBpf::in_netns(&self.0).remove_all();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id()
+}
+
+/// An Ethernet + IPv4 + TCP frame (checksums left zero: tc programs do not check them).
+fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn_only: bool) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 20];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = if syn_only { 0x02 } else { 0x10 };
+    f
+}
+
+const SHOT: i32 = 2;
+const PASS: i32 = -1;
+
+/// The loaded program itself (BPF_PROG_TEST_RUN, no packet leaves anywhere): a reply
+/// passes on the interface and direction its flow was seen, a forged copy on another
+/// interface, another port pair, or a SYN with the reply's tuple is judged and dropped.
+#[test]
+fn the_kernel_program_lets_no_forged_packet_ride_a_flow() {
+    if !can_run_root_tests(true) {
+        return;
+    }
+    let ns = TestNetns::create();
+    let exec = SystemBpf::in_netns(&ns.0);
+    let a = [10, 1, 0, 1];
+    let b = [10, 0, 0, 9];
+    // ns/a (10.1.0.1): ingress isolated with no rule (deny all), egress open.
+    let mut rs = NodeRuleset {
+        node: "n".into(),
+        ..Default::default()
+    };
+    rs.endpoints.insert(
+        "ns/a".into(),
+        Endpoint {
+            name: "ns/a".into(),
+            ips: vec![std::net::IpAddr::from(a)],
+            ingress: DirectionRules {
+                isolated: true,
+                isolated_by: vec!["ns/p".into()],
+                ..Default::default()
+            },
+            egress: DirectionRules::default(),
+        },
+    );
+    let mut dp = EbpfDataplane::new(SystemBpf::in_netns(&ns.0));
+    dp.apply_full(&rs).expect("apply");
+    let (d1, d2) = (2, 3);
+    let run =
+        |to_pod, frame: &[u8], ifindex| exec.test_run(to_pod, frame, ifindex, 7).expect("test run");
+    // Unsolicited: dropped.
+    assert_eq!(run(true, &tcp_frame(b, a, 80, 1000, false), d1), SHOT);
+    // a's connection out (egress open), then the reply: both pass.
+    assert_eq!(run(false, &tcp_frame(a, b, 1000, 80, true), d1), PASS);
+    assert_eq!(run(true, &tcp_frame(b, a, 80, 1000, false), d1), PASS);
+    // The same reply on another interface, another port pair, or as a SYN: dropped.
+    assert_eq!(run(true, &tcp_frame(b, a, 80, 1000, false), d2), SHOT);
+    assert_eq!(run(true, &tcp_frame(b, a, 81, 1000, false), d1), SHOT);
+    assert_eq!(run(true, &tcp_frame(b, a, 80, 1000, true), d1), SHOT);
+    // The node's own packets (no input interface) always pass.
+    let own = exec
+        .test_run(true, &tcp_frame(b, a, 80, 2000, true), d1, 0)
+        .expect("test run");
+    assert_eq!(own, PASS);
+    let counters = dp.counters().expect("counters");
+    assert_eq!(
+        counters.default_deny[&("ns/a".to_string(), Direction::Ingress)].packets,
+        4,
+        "{counters:?}"
+    );
+    dp.remove().expect("remove");
+}
