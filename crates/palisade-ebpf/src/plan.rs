@@ -18,7 +18,7 @@ use ipnet::IpNet;
 use palisade_ir::cidr::u128_to_addr;
 use palisade_ir::{
     Action, AllowRule, Direction, DirectionRules, IpRange, NodeRuleset, PeerMatch, PortMatch,
-    Protocol, RuleOrigin, SetId,
+    Protocol, RuleOrigin, SetId, TierRule,
 };
 use serde::{Deserialize, Serialize};
 
@@ -39,13 +39,45 @@ pub struct Ids {
     origin_index: HashMap<RuleOrigin, u32>,
     #[serde(skip)]
     slot_index: HashMap<String, u32>,
+    /// Content hash -> the classes with that hash (their rules, compared on lookup).
     #[serde(skip)]
-    classes: HashMap<String, u32>,
+    classes: HashMap<u64, Vec<(ClassKey, u32)>>,
+    #[serde(skip)]
+    class_count: u32,
     #[serde(skip)]
     groups: HashMap<String, u32>,
 }
 
+/// What makes a class: a direction's tiers and isolation (not `isolated_by`).
+type ClassKey = (Vec<TierRule>, bool, Vec<AllowRule>, Vec<TierRule>);
+
 impl Ids {
+    /// The class id of a direction's rules, by content: hashed, then compared, cloned only
+    /// the first time (an update walks every endpoint, so this is its floor).
+    pub fn class(&mut self, r: &DirectionRules) -> u32 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&r.admin, r.isolated, &r.rules, &r.baseline).hash(&mut h);
+        let bucket = self.classes.entry(h.finish()).or_default();
+        if let Some((_, id)) = bucket.iter().find(|(k, _)| {
+            k.1 == r.isolated && k.2 == r.rules && k.0 == r.admin && k.3 == r.baseline
+        }) {
+            return *id;
+        }
+        self.class_count += 1;
+        let id = self.class_count;
+        bucket.push((
+            (
+                r.admin.clone(),
+                r.isolated,
+                r.rules.clone(),
+                r.baseline.clone(),
+            ),
+            id,
+        ));
+        id
+    }
+
     /// After deserializing: rebuild the indexes.
     pub fn reindex(&mut self) {
         self.origin_index = self
@@ -263,11 +295,7 @@ pub fn plan(rs: &NodeRuleset, ids: &mut Ids, cache: &mut PlanCache) -> Plan {
             }
             let di = dir_index(d);
             val.isolated[di] = rules.isolated;
-            let key = format!(
-                "{:?}|{}|{:?}|{:?}",
-                rules.admin, rules.isolated, rules.rules, rules.baseline
-            );
-            let (class, _) = Ids::intern(&mut ids.classes, key);
+            let class = ids.class(rules);
             val.class[di] = class;
             if plan.classes.contains_key(&class) {
                 continue;
