@@ -69,6 +69,10 @@ impl AgentSpec {
         if self.cleanup_on_exit {
             args.push("--cleanup-on-exit".into());
         }
+        // `PALISADE_E2E_BACKEND=ebpf` runs the end-to-end tests against another dataplane.
+        if let Ok(backend) = std::env::var("PALISADE_E2E_BACKEND") {
+            args.push(format!("--backend={backend}"));
+        }
         args.extend(self.extra_args.iter().cloned());
         args
     }

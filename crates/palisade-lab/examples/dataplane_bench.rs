@@ -135,6 +135,7 @@ enum BenchBackend {
     Nft,
     IptablesNft,
     IptablesLegacy,
+    Ebpf,
 }
 
 impl BenchBackend {
@@ -143,8 +144,9 @@ impl BenchBackend {
             "nft" => Ok(BenchBackend::Nft),
             "iptables-nft" => Ok(BenchBackend::IptablesNft),
             "iptables-legacy" => Ok(BenchBackend::IptablesLegacy),
+            "ebpf" => Ok(BenchBackend::Ebpf),
             other => Err(format!(
-                "--backends: unknown backend {other:?} (nft, iptables-nft, iptables-legacy)"
+                "--backends: unknown backend {other:?} (nft, iptables-nft, iptables-legacy, ebpf)"
             )),
         }
     }
@@ -154,6 +156,7 @@ impl BenchBackend {
             BenchBackend::Nft => "nft",
             BenchBackend::IptablesNft => "iptables-nft",
             BenchBackend::IptablesLegacy => "iptables-legacy",
+            BenchBackend::Ebpf => "ebpf",
         }
     }
 
@@ -172,6 +175,9 @@ impl BenchBackend {
             )),
             BenchBackend::IptablesNft => iptables(IptablesMode::Nft),
             BenchBackend::IptablesLegacy => iptables(IptablesMode::Legacy),
+            BenchBackend::Ebpf => Box::new(palisade_ebpf::EbpfDataplane::new(
+                palisade_ebpf::SystemBpf::in_netns(netns),
+            )),
         }
     }
 
@@ -199,6 +205,14 @@ impl BenchBackend {
                 }
                 (r.text(), c)
             }
+            // Map entries (both generations are written, so the kernel holds twice this).
+            BenchBackend::Ebpf => (
+                palisade_ebpf::render_full(rs),
+                KernelCounts {
+                    map_elements: palisade_ebpf::entry_count(rs),
+                    ..KernelCounts::default()
+                },
+            ),
         }
     }
 }
