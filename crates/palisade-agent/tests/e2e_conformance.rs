@@ -14,7 +14,8 @@
 //!
 //! The pods are dual-stack in the API (status.podIPs); one test per family probes and
 //! substitutes that family. SCTP cells are skipped: this kernel has no SCTP sockets.
-//! `PALISADE_CONFORMANCE_CASES=netpol-01,netpol-07` runs only those cases.
+//! `PALISADE_CONFORMANCE_CASES=netpol-01,netpol-07` runs only those cases. IPv4 runs once
+//! more with the agents on `--backend=ebpf`.
 //!
 //! Root only; see `palisade_kubetest::e2e_prerequisites`.
 
@@ -52,7 +53,8 @@ struct Tally {
     failures: Vec<String>,
 }
 
-async fn run(family: IpFamily) -> Result<()> {
+/// `backend`: the agents' `--backend` argument (`None`: the default, nft).
+async fn run(family: IpFamily, backend: Option<&str>) -> Result<()> {
     let path = repo_root().join("testdata/conformance/upstream-e2e.yaml");
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::other(format!("{}: {e}", path.display())))?;
@@ -101,7 +103,8 @@ async fn run(family: IpFamily) -> Result<()> {
         c.run_lab_pod(k, file.pod_labels[k].clone(), pod_ports(&ports))
             .await?;
     }
-    c.start_agents(|_| {}).await?;
+    c.start_agents(|s| s.extra_args.extend(backend.map(str::to_string)))
+        .await?;
     let setup = started.elapsed();
 
     let n = file.pods.len();
@@ -241,7 +244,18 @@ async fn upstream_conformance_via_api_ipv4() -> Result<()> {
         return Ok(());
     }
     palisade_lab::install_signal_cleanup().map_err(Error::other)?;
-    run(IpFamily::V4).await
+    run(IpFamily::V4, None).await
+}
+
+/// The eBPF dataplane through the API (issue 12); one family, the other is covered by its
+/// contract suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_conformance_via_api_ipv4_ebpf() -> Result<()> {
+    if !e2e_prerequisites() {
+        return Ok(());
+    }
+    palisade_lab::install_signal_cleanup().map_err(Error::other)?;
+    run(IpFamily::V4, Some("--backend=ebpf")).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,5 +264,5 @@ async fn upstream_conformance_via_api_ipv6() -> Result<()> {
         return Ok(());
     }
     palisade_lab::install_signal_cleanup().map_err(Error::other)?;
-    run(IpFamily::V6).await
+    run(IpFamily::V6, None).await
 }
