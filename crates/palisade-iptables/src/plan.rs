@@ -815,7 +815,6 @@ mod dispatch_tests {
 #[cfg(test)]
 mod layout_tests {
     use palisade_ir::eval::{DirectionVerdict, Transport};
-    use palisade_ir::{AllowRule, PeerSet, PortRange, PortSet};
     use proptest::prelude::*;
 
     use super::*;
@@ -885,98 +884,11 @@ mod layout_tests {
         None
     }
 
-    fn rules_strategy() -> impl Strategy<Value = (NodeRuleset, Vec<AllowRule>)> {
-        let peer = prop_oneof![
-            Just(None),
-            (
-                proptest::collection::btree_set(0u8..16, 0..5),
-                proptest::collection::vec((0u8..16, 28u8..=32), 0..3)
-            )
-                .prop_map(Some),
-        ];
-        let port = prop_oneof![
-            Just(None),
-            proptest::collection::vec((0u8..3, 75u16..90, 0u16..6), 1..20).prop_map(Some)
-        ];
-        proptest::collection::vec((peer, port), 1..6).prop_map(|specs| {
-            let mut rs = NodeRuleset::default();
-            let mut rules = Vec::new();
-            for (i, (peer, port)) in specs.into_iter().enumerate() {
-                let peers = match peer {
-                    None => PeerMatch::Any,
-                    Some((addrs, nets)) => {
-                        let mut blocks: Vec<IpNet> = nets
-                            .into_iter()
-                            .map(|(a, len)| {
-                                IpNet::new(IpAddr::from([10, 0, 0, a]), len)
-                                    .unwrap()
-                                    .trunc()
-                            })
-                            .collect();
-                        blocks.sort_by_key(|n| (n.network(), n.prefix_len()));
-                        blocks.dedup_by(|b, a| a.contains(&b.network()));
-                        let id = SetId(format!("peer_{i}"));
-                        rs.peer_sets.insert(
-                            id.clone(),
-                            PeerSet {
-                                addresses: addrs
-                                    .into_iter()
-                                    .map(|a| IpAddr::from([10, 0, 0, a]))
-                                    .collect(),
-                                blocks,
-                            },
-                        );
-                        PeerMatch::Set(id)
-                    }
-                };
-                let ports = match port {
-                    None => PortMatch::Any,
-                    Some(ranges) => {
-                        let mut ranges: Vec<PortRange> = ranges
-                            .into_iter()
-                            .map(|(p, first, len)| PortRange {
-                                protocol: Protocol::ALL[p as usize],
-                                first,
-                                last: first + len,
-                            })
-                            .collect();
-                        // Sorted and merged per protocol, as the IR holds them.
-                        ranges.sort();
-                        let mut merged: Vec<PortRange> = Vec::new();
-                        for r in ranges {
-                            match merged.last_mut() {
-                                Some(m) if m.protocol == r.protocol && r.first <= m.last + 1 => {
-                                    m.last = m.last.max(r.last)
-                                }
-                                _ => merged.push(r),
-                            }
-                        }
-                        let set = PortSet { ranges: merged };
-                        let id = set.id();
-                        rs.port_sets.insert(id.clone(), set);
-                        PortMatch::Set(id)
-                    }
-                };
-                rules.push(AllowRule {
-                    peers,
-                    ports,
-                    origin: RuleOrigin {
-                        policy_namespace: "ns".into(),
-                        policy_name: format!("p{i}"),
-                        direction: Direction::Ingress,
-                        rule_index: i,
-                    },
-                });
-            }
-            (rs, rules)
-        })
-    }
-
     proptest! {
         /// The endpoint chain decides every packet as `palisade_ir::eval` does and counts
         /// it on the same rule (or on the endpoint's default deny).
         #[test]
-        fn the_chain_agrees_with_the_executable_meaning((mut rs, rules) in rules_strategy(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
+        fn the_chain_agrees_with_the_executable_meaning((mut rs, rules) in palisade_testkit::ir_strategy::allow_rules(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
             let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules, ..Default::default() };
             rs.endpoints.insert("ns/a".into(), Endpoint { name: "ns/a".into(), ips: vec![IpAddr::from([10, 1, 0, 1])], ingress: direction.clone(), egress: Default::default() });
             prop_assert!(rs.validate().is_ok(), "{:?}", rs.validate());

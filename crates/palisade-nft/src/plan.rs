@@ -709,7 +709,6 @@ mod layout_tests {
     use palisade_ir::Protocol;
     use palisade_ir::cidr::addr_to_u128;
     use palisade_ir::eval::{DirectionVerdict, Transport};
-    use palisade_ir::{PeerSet, PortRange, PortSet};
     use proptest::prelude::*;
 
     use super::*;
@@ -789,82 +788,11 @@ mod layout_tests {
         None
     }
 
-    fn rules_strategy() -> impl Strategy<Value = (NodeRuleset, Vec<AllowRule>)> {
-        let peer = prop_oneof![
-            Just(None),
-            (
-                proptest::collection::btree_set(0u8..16, 0..5),
-                proptest::collection::vec((0u8..16, 28u8..=32), 0..3)
-            )
-                .prop_map(Some),
-        ];
-        let port = prop_oneof![Just(None), (0u8..3, 75u16..90, 0u16..6).prop_map(Some)];
-        proptest::collection::vec((peer, port), 1..6).prop_map(|specs| {
-            let mut rs = NodeRuleset::default();
-            let mut rules = Vec::new();
-            for (i, (peer, port)) in specs.into_iter().enumerate() {
-                let peers = match peer {
-                    None => PeerMatch::Any,
-                    Some((addrs, nets)) => {
-                        let mut blocks: Vec<ipnet::IpNet> = nets
-                            .into_iter()
-                            .map(|(a, len)| {
-                                ipnet::IpNet::new(IpAddr::from([10, 0, 0, a]), len)
-                                    .unwrap()
-                                    .trunc()
-                            })
-                            .collect();
-                        blocks.sort_by_key(|n| (n.network(), n.prefix_len()));
-                        blocks.dedup_by(|b, a| a.contains(&b.network()));
-                        let id = SetId(format!("peer_{i}"));
-                        rs.peer_sets.insert(
-                            id.clone(),
-                            PeerSet {
-                                addresses: addrs
-                                    .into_iter()
-                                    .map(|a| IpAddr::from([10, 0, 0, a]))
-                                    .collect(),
-                                blocks,
-                            },
-                        );
-                        PeerMatch::Set(id)
-                    }
-                };
-                let ports = match port {
-                    None => PortMatch::Any,
-                    Some((p, first, len)) => {
-                        let set = PortSet {
-                            ranges: vec![PortRange {
-                                protocol: Protocol::ALL[p as usize],
-                                first,
-                                last: first + len,
-                            }],
-                        };
-                        let id = set.id();
-                        rs.port_sets.insert(id.clone(), set);
-                        PortMatch::Set(id)
-                    }
-                };
-                rules.push(AllowRule {
-                    peers,
-                    ports,
-                    origin: RuleOrigin {
-                        policy_namespace: "ns".into(),
-                        policy_name: format!("p{i}"),
-                        direction: Direction::Ingress,
-                        rule_index: i,
-                    },
-                });
-            }
-            (rs, rules)
-        })
-    }
-
     proptest! {
         /// The rendered layout (peer maps, group chains, port maps, rule chains) decides
         /// every packet as `palisade_ir::eval` does, and counts it on the same rule.
         #[test]
-        fn the_layout_agrees_with_the_executable_meaning((mut rs, rules) in rules_strategy(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
+        fn the_layout_agrees_with_the_executable_meaning((mut rs, rules) in palisade_testkit::ir_strategy::allow_rules(), peer in 0u8..20, proto in 0usize..4, port in 70u16..100) {
             let direction = DirectionRules { isolated: true, isolated_by: vec!["ns/p".into()], rules, ..Default::default() };
             rs.endpoints.insert("ns/a".into(), Endpoint { name: "ns/a".into(), ips: vec![IpAddr::from([10, 1, 0, 1])], ingress: direction.clone(), egress: Default::default() });
             let plan = Planner { rs: &rs, reuse: None, changed_sets: &BTreeSet::new(), events: None }.plan();

@@ -21,6 +21,7 @@
 pub mod build;
 pub mod generate;
 pub mod interp;
+pub mod ir_strategy;
 pub mod reference;
 
 pub use generate::{GenParams, generate_cluster, small_cluster};
