@@ -1,5 +1,6 @@
 //! The dataplane contract suite (tests/contract/mod.rs) for the eBPF backend.
 
+#[macro_use]
 mod contract;
 
 use std::collections::BTreeSet;
@@ -9,7 +10,6 @@ use contract::BackendUnderTest;
 use palisade_ebpf::layout::MapKind;
 use palisade_ebpf::{BpfError, BpfExecutor, EbpfDataplane, HostRoute, SystemBpf};
 use palisade_ir::Dataplane;
-use palisade_model::IpFamily;
 
 /// Real maps and programs, but the generation flip (the last write of every apply) fails:
 /// the apply must leave the previous generation in force.
@@ -98,50 +98,6 @@ impl Drop for FreePins {
     }
 }
 
-#[test]
-fn ebpf_upstream_e2e_ipv4() {
-    let _free = FreePins;
-    contract::upstream_conformance(&EBPF, IpFamily::V4);
-}
-
-#[test]
-fn ebpf_upstream_e2e_ipv6() {
-    let _free = FreePins;
-    contract::upstream_conformance(&EBPF, IpFamily::V6);
-}
-
-#[test]
-fn ebpf_update_equals_full_as_kernel_state() {
-    let _free = FreePins;
-    contract::update_equals_full(&EBPF);
-}
-
-#[test]
-fn ebpf_atomic_under_large_updates() {
-    let _free = FreePins;
-    contract::atomic_under_large_updates(&EBPF);
-}
-
-#[test]
-fn ebpf_failed_apply_keeps_previous() {
-    let _free = FreePins;
-    contract::failed_apply_keeps_previous(&EBPF);
-}
-
-#[test]
-fn ebpf_drift_is_repaired() {
-    let _free = FreePins;
-    contract::drift_is_repaired(&EBPF);
-}
-
-#[test]
-fn ebpf_random_worlds_real_packets_equal_engine_verdicts() {
-    let _free = FreePins;
-    contract::differential::random_clusters_real_packets_equal_engine_verdicts(&EBPF);
-}
-
-#[test]
-fn ebpf_random_worlds_under_cpu_load() {
-    let _free = FreePins;
-    contract::differential::stress_long_sequences_under_cpu_load(&EBPF);
+mod ebpf {
+    contract_tests!(super::EBPF, setup = super::FreePins);
 }

@@ -1,8 +1,9 @@
 //! The dataplane contract suite (tests/contract/mod.rs) for the iptables + ipset backend,
-//! on both iptables backends: the whole suite on iptables-nft (`iptables_nft_*`) and on
-//! iptables-legacy (`iptables_legacy_*`), plus checks that other programs' rules and
+//! on both iptables backends: the whole suite on iptables-nft (`iptables_nft::*`) and on
+//! iptables-legacy (`iptables_legacy::*`), plus checks that other programs' rules and
 //! sets survive every apply and that real packets move the counters `counters()` reports.
 
+#[macro_use]
 mod contract;
 
 use contract::BackendUnderTest;
@@ -360,116 +361,44 @@ fn ruleset_sequence_small(lab: &palisade_lab::Lab) -> Vec<palisade_ir::NodeRules
     out
 }
 
-// ---- iptables-nft: the whole suite ----
+mod iptables_nft {
+    use palisade_iptables::IptablesMode;
 
-#[test]
-fn iptables_nft_upstream_e2e_ipv4() {
-    contract::upstream_conformance(&NFT, IpFamily::V4);
+    contract_tests!(super::NFT);
+
+    #[test]
+    fn verdict_events_name_the_engine_reason() {
+        crate::contract::events::events_name_the_engine_reason(&super::NFT);
+    }
+
+    #[test]
+    fn foreign_rules_survive() {
+        super::foreign_rules_survive(&super::NFT, IptablesMode::Nft);
+    }
+
+    #[test]
+    fn counters_follow_real_packets() {
+        super::counters_follow_real_packets(&super::NFT);
+    }
 }
 
-#[test]
-fn iptables_nft_upstream_e2e_ipv6() {
-    contract::upstream_conformance(&NFT, IpFamily::V6);
-}
+mod iptables_legacy {
+    use palisade_iptables::IptablesMode;
 
-#[test]
-fn iptables_nft_update_equals_full_as_kernel_state() {
-    contract::update_equals_full(&NFT);
-}
+    contract_tests!(super::LEGACY);
 
-#[test]
-fn iptables_nft_atomic_under_large_updates() {
-    contract::atomic_under_large_updates(&NFT);
-}
+    #[test]
+    fn verdict_events_name_the_engine_reason() {
+        crate::contract::events::events_name_the_engine_reason(&super::LEGACY);
+    }
 
-#[test]
-fn iptables_nft_failed_apply_keeps_previous() {
-    contract::failed_apply_keeps_previous(&NFT);
-}
+    #[test]
+    fn foreign_rules_survive() {
+        super::foreign_rules_survive(&super::LEGACY, IptablesMode::Legacy);
+    }
 
-#[test]
-fn iptables_nft_verdict_events_name_the_engine_reason() {
-    contract::events::events_name_the_engine_reason(&NFT);
-}
-
-#[test]
-fn iptables_nft_drift_is_repaired() {
-    contract::drift_is_repaired(&NFT);
-}
-
-#[test]
-fn iptables_nft_random_worlds_real_packets_equal_engine_verdicts() {
-    contract::differential::random_clusters_real_packets_equal_engine_verdicts(&NFT);
-}
-
-#[test]
-fn iptables_nft_random_worlds_under_cpu_load() {
-    contract::differential::stress_long_sequences_under_cpu_load(&NFT);
-}
-
-#[test]
-fn iptables_nft_foreign_rules_survive() {
-    foreign_rules_survive(&NFT, IptablesMode::Nft);
-}
-
-#[test]
-fn iptables_nft_counters_follow_real_packets() {
-    counters_follow_real_packets(&NFT);
-}
-
-// ---- iptables-legacy ----
-
-#[test]
-fn iptables_legacy_upstream_e2e_ipv4() {
-    contract::upstream_conformance(&LEGACY, IpFamily::V4);
-}
-
-#[test]
-fn iptables_legacy_upstream_e2e_ipv6() {
-    contract::upstream_conformance(&LEGACY, IpFamily::V6);
-}
-
-#[test]
-fn iptables_legacy_update_equals_full_as_kernel_state() {
-    contract::update_equals_full(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_atomic_under_large_updates() {
-    contract::atomic_under_large_updates(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_failed_apply_keeps_previous() {
-    contract::failed_apply_keeps_previous(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_verdict_events_name_the_engine_reason() {
-    contract::events::events_name_the_engine_reason(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_drift_is_repaired() {
-    contract::drift_is_repaired(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_random_worlds_real_packets_equal_engine_verdicts() {
-    contract::differential::random_clusters_real_packets_equal_engine_verdicts(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_random_worlds_under_cpu_load() {
-    contract::differential::stress_long_sequences_under_cpu_load(&LEGACY);
-}
-
-#[test]
-fn iptables_legacy_foreign_rules_survive() {
-    foreign_rules_survive(&LEGACY, IptablesMode::Legacy);
-}
-
-#[test]
-fn iptables_legacy_counters_follow_real_packets() {
-    counters_follow_real_packets(&LEGACY);
+    #[test]
+    fn counters_follow_real_packets() {
+        super::counters_follow_real_packets(&super::LEGACY);
+    }
 }

@@ -1,10 +1,10 @@
 //! The dataplane contract suite (tests/contract/mod.rs) for the nftables backend.
 
+#[macro_use]
 mod contract;
 
 use contract::BackendUnderTest;
 use palisade_ir::Dataplane;
-use palisade_model::IpFamily;
 use palisade_nft::{Config, NftDataplane, NftError, NftExecutor, SystemNft};
 
 /// Real nft, but every script ends with a rule for a chain that does not exist: nft
@@ -52,47 +52,11 @@ const NFT: BackendUnderTest = BackendUnderTest {
     }),
 };
 
-#[test]
-fn nft_upstream_e2e_ipv4() {
-    contract::upstream_conformance(&NFT, IpFamily::V4);
-}
+mod nft {
+    contract_tests!(super::NFT);
 
-#[test]
-fn nft_upstream_e2e_ipv6() {
-    contract::upstream_conformance(&NFT, IpFamily::V6);
-}
-
-#[test]
-fn nft_update_equals_full_as_kernel_state() {
-    contract::update_equals_full(&NFT);
-}
-
-#[test]
-fn nft_atomic_under_large_updates() {
-    contract::atomic_under_large_updates(&NFT);
-}
-
-#[test]
-fn nft_failed_apply_keeps_previous() {
-    contract::failed_apply_keeps_previous(&NFT);
-}
-
-#[test]
-fn nft_verdict_events_name_the_engine_reason() {
-    contract::events::events_name_the_engine_reason(&NFT);
-}
-
-#[test]
-fn nft_drift_is_repaired() {
-    contract::drift_is_repaired(&NFT);
-}
-
-#[test]
-fn nft_random_worlds_real_packets_equal_engine_verdicts() {
-    contract::differential::random_clusters_real_packets_equal_engine_verdicts(&NFT);
-}
-
-#[test]
-fn nft_random_worlds_under_cpu_load() {
-    contract::differential::stress_long_sequences_under_cpu_load(&NFT);
+    #[test]
+    fn verdict_events_name_the_engine_reason() {
+        crate::contract::events::events_name_the_engine_reason(&super::NFT);
+    }
 }

@@ -39,6 +39,63 @@ use palisade_lab::{Lab, LabPod, LabSpec, ProbeOutcome, can_run_root_tests};
 use palisade_model::{IpFamily, Key, Protocol};
 use palisade_testkit::{GenParams, generate_cluster};
 
+/// The shared tests of the suite for one backend, as `#[test]`s of the module it is
+/// invoked in (`mod nft { contract_tests!(super::NFT); }`), each optionally holding a guard
+/// built by `setup` while it runs. Verdict events are tested apart
+/// ([`events::events_name_the_engine_reason`]): a backend without them registers no such test.
+#[macro_export]
+macro_rules! contract_tests {
+    ($b:path $(, setup = $setup:expr)?) => {
+        #[test]
+        fn upstream_e2e_ipv4() {
+            $(let _setup = $setup;)?
+            $crate::contract::upstream_conformance(&$b, palisade_model::IpFamily::V4);
+        }
+
+        #[test]
+        fn upstream_e2e_ipv6() {
+            $(let _setup = $setup;)?
+            $crate::contract::upstream_conformance(&$b, palisade_model::IpFamily::V6);
+        }
+
+        #[test]
+        fn update_equals_full_as_kernel_state() {
+            $(let _setup = $setup;)?
+            $crate::contract::update_equals_full(&$b);
+        }
+
+        #[test]
+        fn atomic_under_large_updates() {
+            $(let _setup = $setup;)?
+            $crate::contract::atomic_under_large_updates(&$b);
+        }
+
+        #[test]
+        fn failed_apply_keeps_previous() {
+            $(let _setup = $setup;)?
+            $crate::contract::failed_apply_keeps_previous(&$b);
+        }
+
+        #[test]
+        fn drift_is_repaired() {
+            $(let _setup = $setup;)?
+            $crate::contract::drift_is_repaired(&$b);
+        }
+
+        #[test]
+        fn random_worlds_real_packets_equal_engine_verdicts() {
+            $(let _setup = $setup;)?
+            $crate::contract::differential::random_clusters_real_packets_equal_engine_verdicts(&$b);
+        }
+
+        #[test]
+        fn random_worlds_under_cpu_load() {
+            $(let _setup = $setup;)?
+            $crate::contract::differential::stress_long_sequences_under_cpu_load(&$b);
+        }
+    };
+}
+
 /// The suite's tests run one at a time: probes are timed, and the stress test loads every
 /// core on purpose.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
