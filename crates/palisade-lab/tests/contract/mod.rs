@@ -9,6 +9,8 @@
 //!   see a state that is neither the old nor the new ruleset.
 //! - [`failed_apply_keeps_previous`]: a transaction the kernel rejects leaves the previous
 //!   ruleset in force (real packets) and is reported.
+//! - [`counters_follow_real_packets`]: allowed connections are counted on the rule eval
+//!   attributes them to, denied ones on the endpoint's default deny (both families).
 //! - [`drift_is_repaired`]: someone deleting the backend's rules is undone by the
 //!   reconciler's periodic full apply within a bounded time.
 //!
@@ -74,6 +76,12 @@ macro_rules! contract_tests {
         fn failed_apply_keeps_previous() {
             $(let _setup = $setup;)?
             $crate::contract::failed_apply_keeps_previous(&$b);
+        }
+
+        #[test]
+        fn counters_follow_real_packets() {
+            $(let _setup = $setup;)?
+            $crate::contract::counters_follow_real_packets(&$b);
         }
 
         #[test]
@@ -235,6 +243,101 @@ pub fn update_equals_full(b: &BackendUnderTest) {
         "{}: only {updates} steps went through updates",
         b.name
     );
+}
+
+/// Real packets move the counters `counters()` reports: an allowed connection is counted on
+/// its policy rule (the named-peer rule, as `palisade_ir::eval` attributes it, not the
+/// any-peer rule that also matches), a denied one on the endpoint's default deny, in both
+/// families.
+pub fn counters_follow_real_packets(b: &BackendUnderTest) {
+    if !can_run_root_tests(true) {
+        return;
+    }
+    let _serial = serial();
+    let (lab, client, server) = client_server_lab();
+    let origin = |policy: &str| origin(policy, Direction::Ingress, 0);
+    let mut rs = NodeRuleset {
+        node: lab.node_names()[1].clone(),
+        ..Default::default()
+    };
+    let ports = PortSet {
+        ranges: vec![PortRange {
+            protocol: IrProtocol::Tcp,
+            first: 80,
+            last: 80,
+        }],
+    };
+    let port_id = ports.id();
+    rs.port_sets.insert(port_id.clone(), ports);
+    let peers = PeerSet {
+        addresses: lab.pod_ips(&client).iter().copied().collect(),
+        blocks: Vec::new(),
+    };
+    let peer_id = SetId::peer_from_definition("the client");
+    rs.peer_sets.insert(peer_id.clone(), peers);
+    rs.endpoints.insert(
+        server.to_string(),
+        Endpoint {
+            name: server.to_string(),
+            ips: lab.pod_ips(&server).to_vec(),
+            ingress: DirectionRules {
+                isolated: true,
+                isolated_by: vec!["c/any".into(), "c/named".into()],
+                rules: vec![
+                    // Listed first, but eval counts the rule naming the peer.
+                    AllowRule {
+                        peers: PeerMatch::Any,
+                        ports: PortMatch::Set(port_id.clone()),
+                        origin: origin("any"),
+                    },
+                    AllowRule {
+                        peers: PeerMatch::Set(peer_id),
+                        ports: PortMatch::Set(port_id),
+                        origin: origin("named"),
+                    },
+                ],
+                ..Default::default()
+            },
+            egress: Default::default(),
+        },
+    );
+    let mut dp = (b.make)(lab.node_netns(1));
+    dp.apply_full(&rs).expect("apply");
+    let before = dp.counters().expect("counters");
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let to = lab.pod_ip(&server, family).expect("server address");
+        let ok = lab.probe(&client, to, 80, Protocol::Tcp, Duration::from_millis(1000));
+        assert!(ok.is_connected(), "{}: {family} port 80: {ok}", b.name);
+        let denied = lab.probe(&client, to, 81, Protocol::Tcp, Duration::from_millis(400));
+        assert!(
+            !denied.is_connected(),
+            "{}: {family} port 81: {denied}",
+            b.name
+        );
+    }
+    let after = dp.counters().expect("counters");
+    let allowed =
+        |c: &palisade_ir::Counters, p: &str| c.allowed.get(&origin(p)).map_or(0, |n| n.packets);
+    let denied = |c: &palisade_ir::Counters| {
+        c.default_deny
+            .get(&(server.to_string(), Direction::Ingress))
+            .map_or(0, |n| n.packets)
+    };
+    // One SYN per family reaches the rules (established packets stop at the hook); a
+    // dropped SYN may be sent again.
+    assert_eq!(
+        allowed(&after, "named") - allowed(&before, "named"),
+        2,
+        "{}: {after:?}",
+        b.name
+    );
+    assert_eq!(allowed(&after, "any"), 0, "{}: {after:?}", b.name);
+    assert!(
+        denied(&after) - denied(&before) >= 2,
+        "{}: {after:?}",
+        b.name
+    );
+    dp.remove().expect("remove");
 }
 
 /// Two pods across nodes: client (node 0) -> server (node 1) serving TCP 80 and 81.
