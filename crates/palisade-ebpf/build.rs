@@ -18,7 +18,8 @@ fn main() {
         other => panic!("palisade-ebpf: no include path known for target arch {other}"),
     };
     let status = Command::new(&clang)
-        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
+        // -mcpu=v3: atomic compare-and-swap (the event rate limit), kernels 5.12 and later.
+        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3"])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", src, "-o"])
         .arg(&out)

@@ -83,7 +83,7 @@ pub fn make_dataplane(
                 Some(ns) => palisade_ebpf::SystemBpf::in_netns(ns),
                 None => palisade_ebpf::SystemBpf::new(),
             };
-            Box::new(palisade_ebpf::EbpfDataplane::new(exec))
+            Box::new(palisade_ebpf::EbpfDataplane::new(exec).with_events(events))
         }
     }
 }
@@ -544,7 +544,8 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             Some(EventConfig::default()),
         )
     });
-    // A backend without verdict events (eBPF, for now) runs the demo without them.
+    // Where the kernel cannot give verdict events (no NFLOG, no BPF ring buffer), the demo
+    // runs without them and says so.
     let mut event_sources = match (0..lab.node_count())
         .map(|i| enforcer.events(i))
         .collect::<Result<Vec<_>, _>>()

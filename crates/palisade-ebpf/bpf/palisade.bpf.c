@@ -11,6 +11,10 @@
 //   endpoints {gen, family, addr}     -> class per direction, isolation, counter slot
 //   peers (LPM) {gen, fam, class, ip} -> group (the set of rules holding that peer)
 //   ports (LPM) {gen, proto, group, port prefix} -> verdict + RuleOrigin id
+// Verdict events (default-deny drops, audit-denied and, when asked, allowed new
+// connections) go to the ring buffer pal_events, each carrying the 48-bit EventTag hash of
+// what decided (palisade_ir::events), rate-limited per endpoint and direction (per rule for
+// allows) by a token bucket in pal_limits.
 // The layouts below are mirrored byte for byte by src/layout.rs.
 //
 // This file is compiled by build.rs with clang -target bpf; no object is committed.
@@ -36,6 +40,16 @@
 #define ACT_DENY_RULE 2
 #define ACT_DEFAULT_DENY 3
 #define ACT_OPEN 4
+// Not isolated, but policies in audit mode would deny: passes, counted and reported.
+#define ACT_AUDIT 5
+
+#define EV_ALLOWED 1
+#define EV_DENIED 2
+#define EV_AUDIT_DENIED 3
+// Limiter keys: kind << 20 | index (slot * 2 + dir < 2^19, origin ids < 2^18).
+#define LIMIT_DENIED 0
+#define LIMIT_AUDIT 1
+#define LIMIT_ALLOWED 2
 
 // "Not ours to drop": the next program on the hook (TCX_NEXT; for a cls_bpf filter, the
 // next filter) decides, and with none the packet passes. TC_ACT_OK would end a TCX chain
@@ -81,9 +95,10 @@ struct ep_key {
 
 struct ep_val {
 	__u32 class_id[2]; // [DIR_INGRESS], [DIR_EGRESS]; 0 = not filtered
-	__u32 slot;        // default-deny counter index = slot * 2 + dir
-	__u8 isolated[2];
+	__u32 slot;        // default-deny and audit counter index = slot * 2 + dir
+	__u8 miss[2];      // the action when no rule matches: ACT_DEFAULT_DENY, ACT_AUDIT, ACT_OPEN
 	__u8 pad[2];
+	__u64 tag[2];      // EventTag hash of that miss (denied or audit-denied); 0: none
 };
 
 struct peer_key {
@@ -135,6 +150,30 @@ struct addr_key {
 struct count {
 	__u64 packets;
 	__u64 bytes;
+};
+
+struct event_config {
+	__u32 enabled;
+	__u32 log_allowed;
+	__u32 rate;  // events per second per limiter key
+	__u32 burst;
+};
+
+struct bucket {
+	__u64 tat; // theoretical arrival time of the next report (ns)
+};
+
+// One verdict event, read by src/events.rs.
+struct event {
+	__u64 tag;
+	__u8 verdict; // EV_*
+	__u8 family;
+	__u8 proto;
+	__u8 dir;
+	__u16 sport; // host order; 0 for protocols without ports
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
 };
 
 struct {
@@ -196,6 +235,41 @@ struct {
 	__type(key, __u32);
 	__type(value, struct count);
 } pal_deny_cnt SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 524288);
+	__type(key, __u32);
+	__type(value, struct count);
+} pal_audit_cnt SEC(".maps");
+
+// RuleOrigin id -> EventTag hash of "allowed by that rule" (written only with log_allowed).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 262144);
+	__type(key, __u32);
+	__type(value, __u64);
+} pal_origin_tags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_config);
+} pal_event_cfg SEC(".maps");
+
+// Token buckets; LRU so that a burst of new keys can never fail to find room.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct bucket);
+} pal_limits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} pal_events SEC(".maps");
 
 struct pkt {
 	__u8 family;
@@ -376,6 +450,50 @@ static __always_inline void fill_conn(struct conn_key *k, __u32 ifindex, __u8 ho
 	k->dport = dp;
 }
 
+// The rate limit of `key` as a GCRA (the token bucket's equivalent, one timestamp): a report
+// is due when the theoretical arrival time is at most `burst - 1` intervals ahead of now.
+// The timestamp moves by compare-and-swap, so CPUs racing on one key can lose a report but
+// never exceed the limit; no lock on the packet path.
+static __always_inline int take_token(__u32 key, __u64 now, const struct event_config *cfg)
+{
+	if (cfg->rate == 0 || cfg->burst == 0)
+		return 0;
+	__u64 interval = 1000000000ULL / cfg->rate;
+	__u64 tolerance = (cfg->burst - 1) * interval;
+	struct bucket *b = bpf_map_lookup_elem(&pal_limits, &key);
+	if (!b) {
+		struct bucket nb = { .tat = now + interval };
+		// Another CPU may have made it meanwhile: then this one is not reported.
+		return bpf_map_update_elem(&pal_limits, &key, &nb, BPF_NOEXIST) == 0;
+	}
+	__u64 old = b->tat;
+	__u64 start = old > now ? old : now;
+	if (start - now > tolerance)
+		return 0;
+	return __sync_val_compare_and_swap(&b->tat, old, start + interval) == old;
+}
+
+static __always_inline void report(const struct pkt *p, __u8 verdict, __u32 dir, __u64 tag,
+				   __u32 limit_key, __u64 now, const struct event_config *cfg)
+{
+	if (!take_token(limit_key, now, cfg))
+		return;
+	struct event *e = bpf_ringbuf_reserve(&pal_events, sizeof(*e), 0);
+	if (!e)
+		return;
+	e->tag = tag;
+	e->verdict = verdict;
+	e->family = p->family;
+	e->proto = p->proto;
+	e->dir = dir;
+	int ported = p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == PROTO_SCTP;
+	e->sport = ported ? p->sport : 0;
+	e->dport = ported ? p->dport : 0;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	bpf_ringbuf_submit(e, 0);
+}
+
 static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 {
 	struct pkt p;
@@ -453,9 +571,9 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 	__u32 origin = 0;
 	if (ep) {
 		__u32 class_id = dir == DIR_EGRESS ? ep->class_id[1] : ep->class_id[0];
-		__u8 isolated = dir == DIR_EGRESS ? ep->isolated[1] : ep->isolated[0];
+		__u8 miss = dir == DIR_EGRESS ? ep->miss[1] : ep->miss[0];
 		if (class_id != 0) {
-			action = isolated ? ACT_DEFAULT_DENY : ACT_OPEN;
+			action = miss;
 			struct peer_key pk;
 			__builtin_memset(&pk, 0, sizeof(pk));
 			pk.prefixlen = 64 + (p.family == FAM_V4 ? 32 : 128);
@@ -486,10 +604,32 @@ static __always_inline int judge(struct __sk_buff *skb, __u8 hook)
 			}
 		}
 	}
-	if (action == ACT_ALLOW)
+	struct event_config *ev = bpf_map_lookup_elem(&pal_event_cfg, &zero);
+	int events = ev && ev->enabled;
+	if (action == ACT_ALLOW) {
 		count(&pal_allow_cnt, origin, skb->len);
-	if (action == ACT_DEFAULT_DENY && ep)
-		count(&pal_deny_cnt, ep->slot * 2 + dir, skb->len);
+		if (events && ev->log_allowed) {
+			__u64 *tag = bpf_map_lookup_elem(&pal_origin_tags, &origin);
+			if (tag && *tag)
+				report(&p, EV_ALLOWED, dir, *tag, (LIMIT_ALLOWED << 20) | origin, now,
+				       ev);
+		}
+	}
+	if (ep && (action == ACT_DEFAULT_DENY || action == ACT_AUDIT)) {
+		__u32 index = ep->slot * 2 + dir;
+		__u64 tag = dir == DIR_EGRESS ? ep->tag[1] : ep->tag[0];
+		if (action == ACT_DEFAULT_DENY) {
+			count(&pal_deny_cnt, index, skb->len);
+			if (events && tag)
+				report(&p, EV_DENIED, dir, tag, (LIMIT_DENIED << 20) | index, now, ev);
+		} else {
+			count(&pal_audit_cnt, index, skb->len);
+			if (events && tag)
+				report(&p, EV_AUDIT_DENIED, dir, tag, (LIMIT_AUDIT << 20) | index, now,
+				       ev);
+			action = ACT_OPEN;
+		}
+	}
 	if (action != ACT_ALLOW && action != ACT_OPEN)
 		return TC_ACT_SHOT;
 	if (p.icmp_echo != 2) {

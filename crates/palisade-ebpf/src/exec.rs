@@ -7,6 +7,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade_ir::DataplaneError;
+use palisade_ir::events::{EventSource, KernelEvent};
 
 use crate::layout::{self, MapKind};
 
@@ -66,6 +70,12 @@ pub trait BpfExecutor: Send {
     fn is_loaded(&mut self) -> bool;
     /// Detaches everything and unpins every program and map: nothing of ours is left.
     fn remove_all(&mut self) -> Result<(), BpfError>;
+    /// A reader of the verdict events ring buffer (`pal_events`), once prepared.
+    fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
+        Err(BpfError::Other(
+            "this executor cannot read verdict events".into(),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------- the fake
@@ -83,8 +93,55 @@ pub struct FakeState {
     pub writes: usize,
     /// Fail every map write from this write count on.
     pub fail_from_write: Option<usize>,
-    /// A fake clock for connection expiry (ns).
+    /// A fake clock for connection expiry and the event rate limit (ns).
     pub now: u64,
+    /// Records the program wrote to the ring buffer, not read yet.
+    pub events: Vec<Vec<u8>>,
+    /// The event rate limit: key -> theoretical arrival time of its next report (ns).
+    pub limits: BTreeMap<u32, u64>,
+}
+
+impl FakeState {
+    /// The program's `take_token` (a GCRA: one theoretical arrival time per key).
+    fn take_token(&mut self, key: u32, rate: u64, burst: u64) -> bool {
+        if rate == 0 || burst == 0 {
+            return false;
+        }
+        let now = self.now;
+        let interval = 1_000_000_000 / rate;
+        let tolerance = (burst - 1) * interval;
+        let Some(&tat) = self.limits.get(&key) else {
+            self.limits.insert(key, now + interval);
+            return true;
+        };
+        let start = tat.max(now);
+        if start - now > tolerance {
+            return false;
+        }
+        self.limits.insert(key, start + interval);
+        true
+    }
+
+    /// The program's `report`: a record in the ring buffer, if the bucket has a token.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &mut self,
+        cfg: &[u8],
+        verdict: u8,
+        dir: u32,
+        tag: u64,
+        limit_key: u32,
+        packet: &palisade_ir::events::PacketSummary,
+    ) {
+        let (rate, burst) = (
+            u64::from(layout::u32_at(cfg, 8)),
+            u64::from(layout::u32_at(cfg, 12)),
+        );
+        if self.take_token(limit_key, rate, burst) {
+            self.events
+                .push(layout::encode_event(tag, verdict, dir, packet));
+        }
+    }
 }
 
 /// A stateful fake kernel; clones share state (like pins shared by two dataplanes).
@@ -227,11 +284,7 @@ impl FakeBpf {
         if let Some(ep) = ep {
             let class = ep.class[dir as usize];
             if class != 0 {
-                action = if ep.isolated[dir as usize] {
-                    ACT_DEFAULT_DENY
-                } else {
-                    ACT_OPEN
-                };
+                action = ep.miss[dir as usize];
                 let full = if fam == FAM_V4 { 32 } else { 128 };
                 let pk = with_gen(
                     MapKind::Peers,
@@ -261,17 +314,53 @@ impl FakeBpf {
                     }
                 }
             }
-            if action == ACT_DEFAULT_DENY {
-                let c = st
-                    .counts
-                    .entry((MapKind::DenyCounts, ep.slot * 2 + dir))
-                    .or_default();
-                c.0 += 1;
-            }
         }
+        let cfg = st
+            .maps
+            .get(&MapKind::EventConfig)
+            .and_then(|m| m.get(&0u32.to_ne_bytes()[..]))
+            .cloned()
+            .filter(|c| u32_at(c, 0) != 0);
+        let summary = palisade_ir::events::PacketSummary {
+            src: p.src,
+            dst: p.dst,
+            protocol: p.proto,
+            src_port: ported.then_some(sport),
+            dst_port: ported.then_some(dport),
+        };
         if action == ACT_ALLOW {
             let c = st.counts.entry((MapKind::AllowCounts, origin)).or_default();
             c.0 += 1;
+            let tag = st
+                .maps
+                .get(&MapKind::OriginTags)
+                .and_then(|m| m.get(&origin.to_ne_bytes()[..]))
+                .map(|v| u64_at(v, 0));
+            if let (Some(cfg), Some(tag)) = (&cfg, tag)
+                && u32_at(cfg, 4) != 0
+                && tag != 0
+            {
+                let key = (LIMIT_ALLOWED << 20) | origin;
+                st.report(cfg, EV_ALLOWED, dir, tag, key, &summary);
+            }
+        }
+        if let Some(ep) = ep
+            && (action == ACT_DEFAULT_DENY || action == ACT_AUDIT)
+        {
+            let index = ep.slot * 2 + dir;
+            let tag = ep.tag[dir as usize];
+            let (counts, verdict, limit) = if action == ACT_DEFAULT_DENY {
+                (MapKind::DenyCounts, EV_DENIED, LIMIT_DENIED)
+            } else {
+                action = ACT_OPEN;
+                (MapKind::AuditCounts, EV_AUDIT_DENIED, LIMIT_AUDIT)
+            };
+            st.counts.entry((counts, index)).or_default().0 += 1;
+            if let Some(cfg) = &cfg
+                && tag != 0
+            {
+                st.report(cfg, verdict, dir, tag, (limit << 20) | index, &summary);
+            }
         }
         if action != ACT_ALLOW && action != ACT_OPEN {
             return false;
@@ -390,7 +479,100 @@ impl BpfExecutor for FakeBpf {
         st.counts.clear();
         st.attached.clear();
         st.files.clear();
+        st.events.clear();
+        st.limits.clear();
         Ok(())
+    }
+
+    fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
+        Ok(Box::new(FakeEvents { fake: self.clone() }))
+    }
+}
+
+/// Reads the records [`FakeBpf::judge`] wrote, through the same decoding as the kernel's.
+#[derive(Debug)]
+struct FakeEvents {
+    fake: FakeBpf,
+}
+
+impl EventSource for FakeEvents {
+    fn recv(&mut self, _timeout: Duration) -> Result<Vec<KernelEvent>, DataplaneError> {
+        let records = std::mem::take(&mut self.fake.lock().events);
+        Ok(records.iter().filter_map(|r| kernel_event(r)).collect())
+    }
+}
+
+/// One ring-buffer record as a [`KernelEvent`] read now.
+fn kernel_event(record: &[u8]) -> Option<KernelEvent> {
+    let (tag, packet) = layout::decode_event(record)?;
+    Some(KernelEvent {
+        tag,
+        packet,
+        received: Instant::now(),
+    })
+}
+
+/// Reads `pal_events` (a BPF ring buffer) through libbpf's epoll-driven consumer.
+struct RingEvents {
+    // Field order is drop order: the consumer before the map it reads.
+    ring: libbpf_rs::RingBuffer<'static>,
+    received: std::sync::mpsc::Receiver<KernelEvent>,
+    malformed: Arc<std::sync::atomic::AtomicU64>,
+    _map: libbpf_rs::MapHandle,
+}
+
+impl std::fmt::Debug for RingEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingEvents").finish_non_exhaustive()
+    }
+}
+
+impl RingEvents {
+    fn open(pin: &Path) -> Result<RingEvents, BpfError> {
+        let map = libbpf_rs::MapHandle::from_pinned_path(pin)
+            .map_err(|e| kernel(format!("opening pinned map {}", pin.display()), e))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let malformed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bad = Arc::clone(&malformed);
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        builder
+            .add(&map, move |record: &[u8]| {
+                match kernel_event(record) {
+                    Some(e) => {
+                        let _ = tx.send(e);
+                    }
+                    None => {
+                        bad.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                0
+            })
+            .map_err(|e| kernel("reading the ring buffer pal_events", e))?;
+        let ring = builder
+            .build()
+            .map_err(|e| kernel("reading the ring buffer pal_events", e))?;
+        Ok(RingEvents {
+            ring,
+            received: rx,
+            malformed,
+            _map: map,
+        })
+    }
+}
+
+impl EventSource for RingEvents {
+    fn recv(&mut self, timeout: Duration) -> Result<Vec<KernelEvent>, DataplaneError> {
+        self.ring.poll(timeout).map_err(|e| DataplaneError::Apply {
+            backend: "ebpf",
+            action: "reading verdict events".into(),
+            message: e.to_string(),
+        })?;
+        Ok(self.received.try_iter().collect())
+    }
+
+    /// Records of a shape this reader does not know (a program of another version).
+    fn lost(&self) -> u64 {
+        self.malformed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -1023,6 +1205,9 @@ impl BpfExecutor for SystemBpf {
                 .map_err(|e| kernel(format!("removing {}", state.display()), e))?;
         }
         Ok(())
+    }
+    fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
+        Ok(Box::new(RingEvents::open(&self.map_pin(MapKind::Events))?))
     }
 }
 

@@ -15,10 +15,18 @@ pub enum MapKind {
     Local,
     AllowCounts,
     DenyCounts,
+    AuditCounts,
+    /// RuleOrigin id -> the EventTag hash of an allow by it.
+    OriginTags,
+    EventConfig,
+    /// Token buckets of the event rate limit.
+    Limits,
+    /// The ring buffer of verdict events.
+    Events,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 8] = [
+    pub const ALL: [MapKind; 13] = [
         MapKind::Config,
         MapKind::Endpoints,
         MapKind::Peers,
@@ -27,6 +35,11 @@ impl MapKind {
         MapKind::Local,
         MapKind::AllowCounts,
         MapKind::DenyCounts,
+        MapKind::AuditCounts,
+        MapKind::OriginTags,
+        MapKind::EventConfig,
+        MapKind::Limits,
+        MapKind::Events,
     ];
     /// The maps whose keys carry a generation: the policy.
     pub const POLICY: [MapKind; 3] = [MapKind::Endpoints, MapKind::Peers, MapKind::Ports];
@@ -41,6 +54,11 @@ impl MapKind {
             MapKind::Local => "pal_local",
             MapKind::AllowCounts => "pal_allow_cnt",
             MapKind::DenyCounts => "pal_deny_cnt",
+            MapKind::AuditCounts => "pal_audit_cnt",
+            MapKind::OriginTags => "pal_origin_tags",
+            MapKind::EventConfig => "pal_event_cfg",
+            MapKind::Limits => "pal_limits",
+            MapKind::Events => "pal_events",
         }
     }
 
@@ -63,6 +81,14 @@ pub const ACT_ALLOW: u32 = 1;
 pub const ACT_DENY_RULE: u32 = 2;
 pub const ACT_DEFAULT_DENY: u32 = 3;
 pub const ACT_OPEN: u32 = 4;
+pub const ACT_AUDIT: u32 = 5;
+
+pub const EV_ALLOWED: u8 = 1;
+pub const EV_DENIED: u8 = 2;
+pub const EV_AUDIT_DENIED: u8 = 3;
+pub const LIMIT_DENIED: u32 = 0;
+pub const LIMIT_AUDIT: u32 = 1;
+pub const LIMIT_ALLOWED: u32 = 2;
 
 pub const FAM_V4: u8 = 4;
 pub const FAM_V6: u8 = 6;
@@ -113,37 +139,50 @@ pub fn ep_key(ip: &IpAddr) -> Vec<u8> {
     k
 }
 
-/// `struct ep_val` (16 bytes).
+/// `struct ep_val` (32 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EpVal {
     /// Per direction ([`DIR_INGRESS`], [`DIR_EGRESS`]); 0: not filtered.
     pub class: [u32; 2],
     pub slot: u32,
-    pub isolated: [bool; 2],
+    /// Per direction, the action when no rule matches: [`ACT_DEFAULT_DENY`] (isolated),
+    /// [`ACT_AUDIT`] (audited policies would isolate) or [`ACT_OPEN`].
+    pub miss: [u32; 2],
+    /// Per direction, the event tag hash of that miss (0: none).
+    pub tag: [u64; 2],
 }
 
 impl EpVal {
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(16);
+        let mut v = Vec::with_capacity(32);
         v.extend_from_slice(&self.class[0].to_ne_bytes());
         v.extend_from_slice(&self.class[1].to_ne_bytes());
         v.extend_from_slice(&self.slot.to_ne_bytes());
-        v.push(u8::from(self.isolated[0]));
-        v.push(u8::from(self.isolated[1]));
+        v.push(self.miss[0] as u8);
+        v.push(self.miss[1] as u8);
         v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&self.tag[0].to_ne_bytes());
+        v.extend_from_slice(&self.tag[1].to_ne_bytes());
         v
     }
 
     pub fn decode(v: &[u8]) -> Option<EpVal> {
-        if v.len() != 16 {
+        if v.len() != 32 {
             return None;
         }
         Some(EpVal {
             class: [u32_at(v, 0), u32_at(v, 4)],
             slot: u32_at(v, 8),
-            isolated: [v[12] != 0, v[13] != 0],
+            miss: [u32::from(v[12]), u32::from(v[13])],
+            tag: [u64_at(v, 16), u64_at(v, 24)],
         })
     }
+}
+
+pub fn u64_at(v: &[u8], o: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&v[o..o + 8]);
+    u64::from_ne_bytes(b)
 }
 
 pub fn u32_at(v: &[u8], o: usize) -> u32 {
@@ -215,6 +254,80 @@ pub fn conn_key(
     k[40..42].copy_from_slice(&sport.to_ne_bytes());
     k[42..44].copy_from_slice(&dport.to_ne_bytes());
     k
+}
+
+/// `struct event_config` (16 bytes).
+pub fn event_config(events: Option<&palisade_ir::events::EventConfig>) -> Vec<u8> {
+    let (enabled, log_allowed, rate, burst) = match events {
+        Some(e) => (1u32, u32::from(e.log_allowed), e.rate_per_second, e.burst),
+        None => (0, 0, 0, 0),
+    };
+    [enabled, log_allowed, rate, burst]
+        .iter()
+        .flat_map(|x| x.to_ne_bytes())
+        .collect()
+}
+
+/// `struct event` (48 bytes): one verdict event from the ring buffer.
+pub const EVENT_SIZE: usize = 48;
+
+/// `struct event` as the program writes it.
+pub fn encode_event(
+    tag: u64,
+    verdict: u8,
+    dir: u32,
+    packet: &palisade_ir::events::PacketSummary,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(EVENT_SIZE);
+    v.extend_from_slice(&tag.to_ne_bytes());
+    v.push(verdict);
+    v.push(family(&packet.src));
+    v.push(packet.protocol);
+    v.push(dir as u8);
+    v.extend_from_slice(&packet.src_port.unwrap_or(0).to_ne_bytes());
+    v.extend_from_slice(&packet.dst_port.unwrap_or(0).to_ne_bytes());
+    v.extend_from_slice(&addr16(&packet.src));
+    v.extend_from_slice(&addr16(&packet.dst));
+    v
+}
+
+/// Reads a `struct event` back: its tag and packet. `None` for a record of another shape.
+pub fn decode_event(
+    v: &[u8],
+) -> Option<(
+    palisade_ir::events::EventTag,
+    palisade_ir::events::PacketSummary,
+)> {
+    use palisade_ir::events::{EventTag, PacketSummary, Verdict};
+    if v.len() < EVENT_SIZE {
+        return None;
+    }
+    let verdict = match v[8] {
+        EV_ALLOWED => Verdict::Allowed,
+        EV_DENIED => Verdict::Denied,
+        EV_AUDIT_DENIED => Verdict::AuditDenied,
+        _ => return None,
+    };
+    let fam = v[9];
+    if fam != FAM_V4 && fam != FAM_V6 {
+        return None;
+    }
+    let protocol = v[10];
+    let ported = matches!(protocol, 6 | 17 | 132);
+    let port = |o: usize| ported.then(|| u16::from_ne_bytes([v[o], v[o + 1]]));
+    Some((
+        EventTag {
+            verdict,
+            hash: u64_at(v, 0),
+        },
+        PacketSummary {
+            src: addr_from16(fam, &v[16..32]),
+            dst: addr_from16(fam, &v[32..48]),
+            protocol,
+            src_port: port(12),
+            dst_port: port(14),
+        },
+    ))
 }
 
 /// An inclusive port range as the fewest prefixes `(first port, prefix length)`.

@@ -69,6 +69,7 @@ mod plan;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use palisade_ir::events::{EventConfig, EventSource, EventTag};
 use palisade_ir::{
     ApplyReport, Count, Counters, Dataplane, DataplaneError, Direction, NodeRuleset, RulesetDiff,
     SetId,
@@ -139,6 +140,11 @@ pub struct EbpfDataplane<E: BpfExecutor> {
     cache: PlanCache,
     /// (origins, slots) in the ids file this instance last wrote.
     ids_written: Option<(usize, usize)>,
+    /// Verdict events: `None` leaves them off (the program then reports nothing).
+    events: Option<EventConfig>,
+    /// Whether this instance wrote `pal_event_cfg`, and how many origins' tags it wrote
+    /// into `pal_origin_tags` (they only grow, like the origin ids).
+    event_state: Option<usize>,
 }
 
 impl<E: BpfExecutor> EbpfDataplane<E> {
@@ -150,7 +156,46 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             wanted: None,
             cache: PlanCache::default(),
             ids_written: None,
+            events: None,
+            event_state: None,
         }
+    }
+
+    /// Turns verdict events on (`Some`) or off: default-deny drops and audit-denied
+    /// connections (and allowed ones with `log_allowed`) are reported through the ring
+    /// buffer `pal_events`, rate-limited in the program per endpoint and direction (per
+    /// rule for allows).
+    pub fn with_events(mut self, events: Option<EventConfig>) -> EbpfDataplane<E> {
+        self.events = events;
+        self
+    }
+
+    /// Writes the event configuration once per instance, and the tags of origins this
+    /// instance has not written yet (only when allowed connections are reported).
+    fn sync_event_maps(&mut self, ids: &Ids) -> Result<(), BpfError> {
+        let written = match self.event_state {
+            Some(n) => n,
+            None => {
+                self.executor.update(
+                    MapKind::EventConfig,
+                    &0u32.to_ne_bytes(),
+                    &layout::event_config(self.events.as_ref()),
+                )?;
+                0
+            }
+        };
+        let log_allowed = self.events.is_some_and(|e| e.log_allowed);
+        if log_allowed {
+            for (i, origin) in ids.origins.iter().enumerate().skip(written) {
+                self.executor.update(
+                    MapKind::OriginTags,
+                    &(i as u32 + 1).to_ne_bytes(),
+                    &EventTag::allowed(origin).hash.to_ne_bytes(),
+                )?;
+            }
+        }
+        self.event_state = Some(if log_allowed { ids.origins.len() } else { 0 });
+        Ok(())
     }
 
     pub fn executor(&self) -> &E {
@@ -335,6 +380,9 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         } else {
             Some(serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?)
         };
+        if !too_many {
+            self.sync_event_maps(&ids)?;
+        }
         self.ids = Some(ids);
         if too_many {
             return Err(BpfError::Other(format!(
@@ -430,6 +478,7 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         self.wanted = None;
         self.cache.clear();
         self.ids_written = None;
+        self.event_state = None;
         self.executor
             .remove_all()
             .map_err(|e| failed("removal of the eBPF programs and maps", e))
@@ -494,12 +543,14 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
             }
             for (slot, name) in ids.slots.iter().enumerate() {
                 for (d, dir) in [(0u32, Direction::Ingress), (1, Direction::Egress)] {
-                    let (packets, bytes) = me
-                        .executor
-                        .count(MapKind::DenyCounts, slot as u32 * 2 + d)?;
-                    if packets > 0 {
-                        c.default_deny
-                            .insert((name.clone(), dir), Count { packets, bytes });
+                    for (map, out) in [
+                        (MapKind::DenyCounts, &mut c.default_deny),
+                        (MapKind::AuditCounts, &mut c.audit_denied),
+                    ] {
+                        let (packets, bytes) = me.executor.count(map, slot as u32 * 2 + d)?;
+                        if packets > 0 {
+                            out.insert((name.clone(), dir), Count { packets, bytes });
+                        }
                     }
                 }
             }
@@ -507,6 +558,29 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
             Ok(c)
         };
         read(self).map_err(|e| failed(action, e))
+    }
+
+    fn events(&mut self) -> Result<Box<dyn EventSource>, DataplaneError> {
+        if self.events.is_none() {
+            return Err(DataplaneError::Unsupported {
+                backend: BACKEND,
+                what: "verdict events on a backend configured without them",
+            });
+        }
+        let open = |me: &mut Self| -> Result<Box<dyn EventSource>, BpfError> {
+            // The ring buffer is pinned with the programs; the configuration is written
+            // by the first apply (or here, when events are read before any apply).
+            me.executor.prepare()?;
+            if me.event_state.is_none() {
+                me.executor.update(
+                    MapKind::EventConfig,
+                    &0u32.to_ne_bytes(),
+                    &layout::event_config(me.events.as_ref()),
+                )?;
+            }
+            me.executor.open_events()
+        };
+        open(self).map_err(|e| failed("opening verdict events (ring buffer)", e))
     }
 }
 

@@ -8,7 +8,8 @@
 //!   holding the verdict [`palisade_ir::eval`] gives there (action + RuleOrigin id).
 //!   Protocols without ports meet the entry of protocol 0.
 //! - An address no piece holds, or a port no entry holds, gets the class's *no match*
-//!   verdict: default deny when isolated, open otherwise (no rule matched).
+//!   verdict: default deny when isolated, audit-denied (passes, reported) when policies in
+//!   audit mode would isolate it, open otherwise.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use palisade_ir::cidr::u128_to_addr;
+use palisade_ir::events::EventTag;
 use palisade_ir::{
     Action, AllowRule, Direction, DirectionRules, IpRange, NodeRuleset, PeerMatch, PortMatch,
     Protocol, RuleOrigin, SetId, TierRule,
@@ -23,7 +25,8 @@ use palisade_ir::{
 use serde::{Deserialize, Serialize};
 
 use crate::layout::{
-    self, ACT_ALLOW, ACT_DEFAULT_DENY, ACT_DENY_RULE, ACT_OPEN, EpVal, MapKind, addr16, family,
+    self, ACT_ALLOW, ACT_AUDIT, ACT_DEFAULT_DENY, ACT_DENY_RULE, ACT_OPEN, EpVal, MapKind, addr16,
+    family,
 };
 
 /// Ids that must outlive one apply: RuleOrigin ids and default-deny slots index the
@@ -49,7 +52,13 @@ pub struct Ids {
 }
 
 /// What makes a class: a direction's tiers and isolation (not `isolated_by`).
-type ClassKey = (Vec<TierRule>, bool, Vec<AllowRule>, Vec<TierRule>);
+type ClassKey = (
+    Vec<TierRule>,
+    bool,
+    Vec<AllowRule>,
+    Option<Vec<AllowRule>>,
+    Vec<TierRule>,
+);
 
 impl Ids {
     /// The class id of a direction's rules, by content: hashed, then compared, cloned only
@@ -57,10 +66,15 @@ impl Ids {
     pub fn class(&mut self, r: &DirectionRules) -> u32 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&r.admin, r.isolated, &r.rules, &r.baseline).hash(&mut h);
+        let audit = r.audit.as_ref().map(|a| &a.rules);
+        (&r.admin, r.isolated, &r.rules, audit, &r.baseline).hash(&mut h);
         let bucket = self.classes.entry(h.finish()).or_default();
         if let Some((_, id)) = bucket.iter().find(|(k, _)| {
-            k.1 == r.isolated && k.2 == r.rules && k.0 == r.admin && k.3 == r.baseline
+            k.1 == r.isolated
+                && k.2 == r.rules
+                && k.3.as_ref() == audit
+                && k.0 == r.admin
+                && k.4 == r.baseline
         }) {
             return *id;
         }
@@ -71,6 +85,7 @@ impl Ids {
                 r.admin.clone(),
                 r.isolated,
                 r.rules.clone(),
+                audit.cloned(),
                 r.baseline.clone(),
             ),
             id,
@@ -197,6 +212,7 @@ impl PlanCache {
 enum Tier {
     Admin(Action),
     Np,
+    Audit,
     Baseline(Action),
 }
 
@@ -225,6 +241,14 @@ fn combined(rules: &DirectionRules) -> Vec<Combined<'_>> {
             origin: &r.origin,
         });
     }
+    for r in rules.audit.iter().flat_map(|a| &a.rules) {
+        out.push(Combined {
+            tier: Tier::Audit,
+            peers: &r.peers,
+            ports: &r.ports,
+            origin: &r.origin,
+        });
+    }
     for r in &rules.baseline {
         out.push(Combined {
             tier: Tier::Baseline(r.action),
@@ -236,13 +260,42 @@ fn combined(rules: &DirectionRules) -> Vec<Combined<'_>> {
     out
 }
 
+/// What decides a direction besides its rules: isolation, and whether policies in audit
+/// mode would isolate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Isolation {
+    isolated: bool,
+    audited: bool,
+}
+
+impl Isolation {
+    fn of(rules: &DirectionRules) -> Isolation {
+        Isolation {
+            isolated: rules.isolated,
+            audited: rules.audit.is_some(),
+        }
+    }
+
+    /// The verdict when no rule matches.
+    fn no_match(self) -> u32 {
+        if self.isolated {
+            ACT_DEFAULT_DENY
+        } else if self.audited {
+            ACT_AUDIT
+        } else {
+            ACT_OPEN
+        }
+    }
+}
+
 /// The verdict of a direction when exactly the rules `matching` (indices into the
 /// combined list, ascending) match the packet: [`palisade_ir::NodeRuleset::judge`].
 fn decide<'a>(
     rules: &[Combined<'a>],
-    isolated: bool,
+    isolation: Isolation,
     matching: &[usize],
 ) -> (u32, Option<&'a RuleOrigin>) {
+    let isolated = isolation.isolated;
     for &i in matching {
         if let Tier::Admin(a) = rules[i].tier {
             match a {
@@ -269,15 +322,16 @@ fn decide<'a>(
             };
         }
     }
-    (ACT_OPEN, None)
+    let audit_allows = matching.iter().any(|&i| rules[i].tier == Tier::Audit);
+    if isolation.audited && !audit_allows {
+        (ACT_AUDIT, None)
+    } else {
+        (ACT_OPEN, None)
+    }
 }
 
 /// An action and the rule it is counted on.
 type Verdict<'a> = (u32, Option<&'a RuleOrigin>);
-
-fn no_match(isolated: bool) -> u32 {
-    if isolated { ACT_DEFAULT_DENY } else { ACT_OPEN }
-}
 
 /// Builds the plan of `rs`, interning ids in `ids` and reusing what `cache` holds.
 pub fn plan(rs: &NodeRuleset, ids: &mut Ids, cache: &mut PlanCache) -> Plan {
@@ -286,7 +340,8 @@ pub fn plan(rs: &NodeRuleset, ids: &mut Ids, cache: &mut PlanCache) -> Plan {
         let mut val = EpVal {
             class: [0, 0],
             slot: ids.slot(&ep.name),
-            isolated: [false, false],
+            miss: [ACT_OPEN, ACT_OPEN],
+            tag: [0, 0],
         };
         for d in Direction::BOTH {
             let rules = ep.direction(d);
@@ -294,7 +349,14 @@ pub fn plan(rs: &NodeRuleset, ids: &mut Ids, cache: &mut PlanCache) -> Plan {
                 continue;
             }
             let di = dir_index(d);
-            val.isolated[di] = rules.isolated;
+            val.miss[di] = Isolation::of(rules).no_match();
+            val.tag[di] = if rules.isolated {
+                EventTag::denied(&ep.name, d).hash
+            } else if rules.audit.is_some() {
+                EventTag::audit_denied(&ep.name, d).hash
+            } else {
+                0
+            };
             let class = ids.class(rules);
             val.class[di] = class;
             if plan.classes.contains_key(&class) {
@@ -361,7 +423,7 @@ fn class_entries(
         // pieces: one /0 entry holds them (longer prefixes win in the trie).
         let mut any_only: Option<u32> = None;
         for (first, last, holders) in rs.peer_pieces(&refs, v6) {
-            let mut gkey = format!("{}", rules.isolated);
+            let mut gkey = format!("{:?}", Isolation::of(rules));
             for &i in &holders {
                 let c = &list[i];
                 gkey.push_str(&format!(
@@ -376,7 +438,15 @@ fn class_entries(
             used.insert(group);
             if let std::collections::hash_map::Entry::Vacant(e) = groups.entry(group) {
                 let mut ports = BTreeMap::new();
-                group_entries(rs, &list, rules.isolated, &holders, group, ids, &mut ports);
+                group_entries(
+                    rs,
+                    &list,
+                    Isolation::of(rules),
+                    &holders,
+                    group,
+                    ids,
+                    &mut ports,
+                );
                 e.insert(Arc::new(ports));
             }
             if holders.iter().all(|&i| *list[i].peers == PeerMatch::Any) {
@@ -409,13 +479,13 @@ fn class_entries(
 fn group_entries(
     rs: &NodeRuleset,
     list: &[Combined<'_>],
-    isolated: bool,
+    isolation: Isolation,
     holders: &[usize],
     group: u32,
     ids: &mut Ids,
     ports: &mut BTreeMap<Vec<u8>, Vec<u8>>,
 ) {
-    let miss = no_match(isolated);
+    let miss = isolation.no_match();
     // Ports only rules for every port take: one /0 entry per protocol; the pieces with
     // another verdict override it (longer prefixes win).
     let any: Vec<usize> = holders
@@ -426,7 +496,7 @@ fn group_entries(
     let base = if any.is_empty() {
         (miss, None)
     } else {
-        decide(list, isolated, &any)
+        decide(list, isolation, &any)
     };
     let base_is_miss = base.0 == miss && base.1.is_none();
     if !base_is_miss {
@@ -489,7 +559,7 @@ fn group_entries(
             let v = if matching.is_empty() {
                 (miss, None)
             } else {
-                decide(list, isolated, &matching)
+                decide(list, isolation, &matching)
             };
             if v == base {
                 if let Some((f, l, rv)) = run.take() {
@@ -521,6 +591,7 @@ fn action_name(a: u32) -> &'static str {
         ACT_DENY_RULE => "deny",
         ACT_DEFAULT_DENY => "default-deny",
         ACT_OPEN => "open",
+        ACT_AUDIT => "audit-denied",
         _ => "?",
     }
 }
@@ -626,7 +697,12 @@ pub fn canonical(
                     || "class(empty)".to_string(),
                     |t| format!("class{}", class_names[t]),
                 );
-                format!("{c}{}", if val.isolated[d] { " isolated" } else { "" })
+                let miss = match val.miss[d] {
+                    ACT_DEFAULT_DENY => " isolated",
+                    ACT_AUDIT => " audited",
+                    _ => "",
+                };
+                format!("{c}{miss}")
             }
         };
         eps.push(format!(

@@ -2,13 +2,16 @@
 //! `judge` runs a packet through the same lookups as the program.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use palisade_ebpf::layout::{HOOK_FROM_POD, HOOK_TO_POD};
 use palisade_ebpf::{EbpfDataplane, FakeBpf, FakePacket, HostRoute};
 use palisade_ir::eval::{DirectionVerdict, Transport};
+use palisade_ir::events::{EventConfig, EventTag, ReasonIndex};
 use palisade_ir::{
-    Action, AllowRule, Dataplane, Direction, DirectionRules, Endpoint, NodeRuleset, PeerMatch,
-    PeerSet, PortMatch, PortRange, PortSet, Protocol, RuleOrigin, RulesetDiff, SetId, TierRule,
+    Action, AllowRule, AuditTier, Dataplane, Direction, DirectionRules, Endpoint, NodeRuleset,
+    PeerMatch, PeerSet, PortMatch, PortRange, PortSet, Protocol, RuleOrigin, RulesetDiff, SetId,
+    TierRule,
 };
 use proptest::prelude::*;
 
@@ -56,7 +59,14 @@ fn rules_strategy() -> impl Strategy<Value = Vec<RuleSpec>> {
     proptest::collection::vec((peer, port, 0u8..10), 1..7)
 }
 
-fn build(specs: &[RuleSpec], d: Direction, isolated: bool) -> (NodeRuleset, DirectionRules) {
+/// One endpoint direction with `specs` in their tiers. The NetworkPolicy rules go to the
+/// audit tier when the direction is `audited` and not `isolated`.
+fn build(
+    specs: &[RuleSpec],
+    d: Direction,
+    isolated: bool,
+    audited: bool,
+) -> (NodeRuleset, DirectionRules) {
     let mut rs = NodeRuleset {
         node: "n".into(),
         ..Default::default()
@@ -68,6 +78,10 @@ fn build(specs: &[RuleSpec], d: Direction, isolated: bool) -> (NodeRuleset, Dire
         } else {
             vec![]
         },
+        audit: (audited && !isolated).then(|| AuditTier {
+            isolated_by: vec!["ns/q".into()],
+            rules: vec![],
+        }),
         ..Default::default()
     };
     for (i, (peer, port, tier)) in specs.iter().enumerate() {
@@ -123,7 +137,15 @@ fn build(specs: &[RuleSpec], d: Direction, isolated: bool) -> (NodeRuleset, Dire
                 ports,
                 origin: o,
             }),
-            0..=5 => {}
+            0..=5 => {
+                if let Some(audit) = &mut rules.audit {
+                    audit.rules.push(AllowRule {
+                        peers,
+                        ports,
+                        origin: o,
+                    });
+                }
+            }
             6..=8 => rules.admin.push(TierRule {
                 action: [Action::Allow, Action::Deny, Action::Pass][(*tier - 6) as usize],
                 peers,
@@ -191,21 +213,25 @@ fn packet(d: Direction, peer: IpAddr, proto: u8, port: u16, v6: bool) -> FakePac
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
     /// The maps decide every new connection as `palisade_ir::eval` does (every tier,
-    /// both families, both directions) and count it on the same rule or endpoint.
+    /// audit mode, both families, both directions), count it on the same rule or
+    /// endpoint, and report it with the event tag of that reason.
     #[test]
     fn the_maps_agree_with_the_executable_meaning(
         specs in rules_strategy(),
         ingress in any::<bool>(),
         isolated in any::<bool>(),
+        audited in any::<bool>(),
         v6 in any::<bool>(),
         peer in 0u8..20,
         proto in 0usize..4,
         port in 70u16..100,
     ) {
         let d = if ingress { Direction::Ingress } else { Direction::Egress };
-        let (rs, rules) = build(&specs, d, isolated);
+        let (rs, rules) = build(&specs, d, isolated, audited);
         let fake = FakeBpf::with_routes(routes());
-        let mut dp = EbpfDataplane::new(fake.clone());
+        let events = EventConfig { log_allowed: true, ..EventConfig::default() };
+        let mut dp = EbpfDataplane::new(fake.clone()).with_events(Some(events));
+        let mut source = dp.events().unwrap();
         dp.apply_full(&rs).unwrap();
         prop_assert_eq!(fake.lock().attached.iter().copied().collect::<Vec<_>>(), vec![5]);
         let transport = if proto == 3 { Transport::Other } else { Transport::Port(Protocol::ALL[proto], port) };
@@ -216,25 +242,36 @@ proptest! {
         let passed = fake.judge(packet(d, ip, number, port, v6));
         prop_assert_eq!(passed, expected.allows(), "{:?}", expected);
         let after = dp.counters().unwrap();
-        let moved: Vec<String> = after.allowed.iter().filter(|(o, c)| before.allowed.get(*o) != Some(c)).map(|(o, _)| format!("allow {o}")).chain(after.default_deny.iter().filter(|(k, c)| before.default_deny.get(*k) != Some(c)).map(|(k, _)| format!("deny {} {}", k.0, k.1.as_str()))).collect();
-        let want: Vec<String> = match &expected {
-            DirectionVerdict::Allowed(o) => vec![format!("allow {o}")],
-            DirectionVerdict::DefaultDeny => vec![format!("deny ns/a {}", d.as_str())],
-            _ => vec![],
+        let moved: Vec<String> = after.allowed.iter().filter(|(o, c)| before.allowed.get(*o) != Some(c)).map(|(o, _)| format!("allow {o}"))
+            .chain(after.default_deny.iter().filter(|(k, c)| before.default_deny.get(*k) != Some(c)).map(|(k, _)| format!("deny {} {}", k.0, k.1.as_str())))
+            .chain(after.audit_denied.iter().filter(|(k, c)| before.audit_denied.get(*k) != Some(c)).map(|(k, _)| format!("audit {} {}", k.0, k.1.as_str())))
+            .collect();
+        let (want, tags): (Vec<String>, Vec<EventTag>) = match &expected {
+            DirectionVerdict::Allowed(o) => (vec![format!("allow {o}")], vec![EventTag::allowed(o)]),
+            DirectionVerdict::DefaultDeny => (vec![format!("deny ns/a {}", d.as_str())], vec![EventTag::denied("ns/a", d)]),
+            DirectionVerdict::AuditDenied => (vec![format!("audit ns/a {}", d.as_str())], vec![EventTag::audit_denied("ns/a", d)]),
+            _ => (vec![], vec![]),
         };
         prop_assert_eq!(moved, want);
+        let reported: Vec<EventTag> = source.recv(Duration::ZERO).unwrap().iter().map(|e| e.tag).collect();
+        prop_assert_eq!(&reported, &tags);
+        // The reason the reader finds for the tag is the one the ruleset gives.
+        let reasons = ReasonIndex::of(&rs);
+        for tag in &reported {
+            prop_assert!(reasons.get(tag).is_some(), "{tag} unknown to the ruleset's reasons");
+        }
     }
 
     /// Any chain of updates leaves the maps enforcing exactly what a full apply does.
     #[test]
-    fn updates_equal_full_applies(steps in proptest::collection::vec((rules_strategy(), any::<bool>(), any::<bool>()), 1..6)) {
+    fn updates_equal_full_applies(steps in proptest::collection::vec((rules_strategy(), any::<bool>(), any::<bool>(), any::<bool>()), 1..6)) {
         let updated_fake = FakeBpf::with_routes(routes());
         let mut updated = EbpfDataplane::new(updated_fake.clone());
         let mut current = NodeRuleset { node: "n".into(), ..Default::default() };
         updated.apply_full(&current).unwrap();
-        for (specs, ingress, isolated) in steps {
+        for (specs, ingress, isolated, audited) in steps {
             let d = if ingress { Direction::Ingress } else { Direction::Egress };
-            let (desired, _) = build(&specs, d, isolated);
+            let (desired, _) = build(&specs, d, isolated, audited);
             let diff = RulesetDiff::between(&current, &desired);
             let report = updated.apply_update(&current, &desired, &diff).unwrap();
             prop_assert!(!report.full, "an update after a full apply is a diff");
@@ -254,7 +291,7 @@ fn simple(isolated_ingress: bool, allow_port: Option<u16>) -> NodeRuleset {
         .map(|p| (Some((vec![3], vec![])), Some((0, p, 0)), 0))
         .into_iter()
         .collect();
-    build(&specs, Direction::Ingress, isolated_ingress).0
+    build(&specs, Direction::Ingress, isolated_ingress, false).0
 }
 
 #[test]
@@ -404,9 +441,9 @@ fn golden_render() {
         (None, Some((1, 53, 0)), 1),
         (Some((vec![], vec![(0, 28)])), None, 2),
     ];
-    let (mut rs, _) = build(&specs, Direction::Ingress, true);
+    let (mut rs, _) = build(&specs, Direction::Ingress, true, false);
     specs.truncate(1);
-    let (eg, _) = build(&specs, Direction::Egress, true);
+    let (eg, _) = build(&specs, Direction::Egress, true, false);
     let mut ep = eg.endpoints["ns/a"].clone();
     ep.name = "ns/b".into();
     ep.ips = vec![IpAddr::from([10, 1, 0, 2])];

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::{DataplaneError, Direction, NodeRuleset, RuleOrigin};
+use crate::{Action, DataplaneError, Direction, NodeRuleset, RuleOrigin};
 
 /// What happened to the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -213,16 +213,36 @@ impl ReasonIndex {
                         },
                     );
                 }
-                // Rules of an audit tier allow too (what they match passes silently).
+                // Rules of an audit tier allow too (what they match passes silently), and
+                // so do the admin and baseline tiers' allowing rules.
                 let audit_rules = rules.audit.iter().flat_map(|a| &a.rules);
-                for r in rules.rules.iter().chain(audit_rules) {
+                let allowing = rules
+                    .rules
+                    .iter()
+                    .chain(audit_rules)
+                    .map(|r| &r.origin)
+                    .chain(
+                        rules
+                            .admin
+                            .iter()
+                            .filter(|r| r.action == Action::Allow)
+                            .map(|r| &r.origin),
+                    )
+                    .chain(
+                        rules
+                            .baseline
+                            .iter()
+                            .filter(|r| r.action != Action::Deny)
+                            .map(|r| &r.origin),
+                    );
+                for origin in allowing {
                     reasons.insert(
-                        EventTag::allowed(&r.origin),
+                        EventTag::allowed(origin),
                         Reason {
                             endpoint: None,
                             direction: d,
-                            rule: Some(r.origin.clone()),
-                            policies: vec![r.origin.policy()],
+                            rule: Some(origin.clone()),
+                            policies: vec![origin.policy()],
                         },
                     );
                 }

@@ -84,9 +84,9 @@ const EBPF: BackendUnderTest = BackendUnderTest {
             std::fs::remove_file(e.expect("entry").path()).expect("unpin a link");
         }
     },
-    // Verdict events and the audit tier are not implemented by this backend yet (README,
-    // "Not implemented yet"): no events test is registered for it.
-    make_with_events: None,
+    make_with_events: |netns, events| -> Box<dyn Dataplane> {
+        Box::new(EbpfDataplane::new(SystemBpf::in_netns(netns)).with_events(Some(events)))
+    },
 };
 
 /// Pins of labs that are gone are freed when a test ends, passed or failed.

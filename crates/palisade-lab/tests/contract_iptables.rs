@@ -60,12 +60,12 @@ macro_rules! backend {
                     .remove()
                     .expect("delete the chains and sets behind the backend's back");
             },
-            make_with_events: Some(|netns, events| -> Box<dyn Dataplane> {
+            make_with_events: |netns, events| -> Box<dyn Dataplane> {
                 Box::new(
                     IptablesDataplane::new(SystemIptables::new(Some(netns), Some($mode)))
                         .with_events(Some(events)),
                 )
-            }),
+            },
         }
     };
 }
@@ -245,11 +245,6 @@ mod iptables_nft {
     contract_tests!(super::NFT);
 
     #[test]
-    fn verdict_events_name_the_engine_reason() {
-        crate::contract::events::events_name_the_engine_reason(&super::NFT);
-    }
-
-    #[test]
     fn foreign_rules_survive() {
         super::foreign_rules_survive(&super::NFT, IptablesMode::Nft);
     }
@@ -259,11 +254,6 @@ mod iptables_legacy {
     use palisade_iptables::IptablesMode;
 
     contract_tests!(super::LEGACY);
-
-    #[test]
-    fn verdict_events_name_the_engine_reason() {
-        crate::contract::events::events_name_the_engine_reason(&super::LEGACY);
-    }
 
     #[test]
     fn foreign_rules_survive() {

@@ -41,7 +41,7 @@ const NFT: BackendUnderTest = BackendUnderTest {
             .run("delete table inet palisade\n")
             .expect("delete the table behind the backend's back");
     },
-    make_with_events: Some(|netns, events| -> Box<dyn Dataplane> {
+    make_with_events: |netns, events| -> Box<dyn Dataplane> {
         Box::new(NftDataplane::new(
             SystemNft::in_netns(netns),
             Config {
@@ -49,14 +49,9 @@ const NFT: BackendUnderTest = BackendUnderTest {
                 ..Config::default()
             },
         ))
-    }),
+    },
 };
 
 mod nft {
     contract_tests!(super::NFT);
-
-    #[test]
-    fn verdict_events_name_the_engine_reason() {
-        crate::contract::events::events_name_the_engine_reason(&super::NFT);
-    }
 }

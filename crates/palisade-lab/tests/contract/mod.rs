@@ -43,8 +43,7 @@ use palisade_testkit::{GenParams, generate_cluster};
 
 /// The shared tests of the suite for one backend, as `#[test]`s of the module it is
 /// invoked in (`mod nft { contract_tests!(super::NFT); }`), each optionally holding a guard
-/// built by `setup` while it runs. Verdict events are tested apart
-/// ([`events::events_name_the_engine_reason`]): a backend without them registers no such test.
+/// built by `setup` while it runs.
 #[macro_export]
 macro_rules! contract_tests {
     ($b:path $(, setup = $setup:expr)?) => {
@@ -101,6 +100,12 @@ macro_rules! contract_tests {
             $(let _setup = $setup;)?
             $crate::contract::differential::stress_long_sequences_under_cpu_load(&$b);
         }
+
+        #[test]
+        fn verdict_events_name_the_engine_reason() {
+            $(let _setup = $setup;)?
+            $crate::contract::events::events_name_the_engine_reason(&$b);
+        }
     };
 }
 
@@ -122,9 +127,8 @@ pub struct BackendUnderTest {
     pub make_failing: fn(netns: &str) -> Box<dyn Dataplane>,
     /// Deletes what the backend installed in `netns`, behind its back (drift).
     pub tamper: fn(netns: &str),
-    /// A dataplane reporting verdict events; `None` fails [`events`]' test: every backend
-    /// must have them (issue 14).
-    pub make_with_events: Option<MakeWithEvents>,
+    /// A dataplane reporting verdict events.
+    pub make_with_events: MakeWithEvents,
 }
 
 /// Builds a dataplane inside `netns` that reports verdict events as `events` says.
