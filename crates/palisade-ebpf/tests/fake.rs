@@ -460,3 +460,43 @@ fn golden_render() {
     let want = std::fs::read_to_string(path).expect("golden file (UPDATE_GOLDEN=1 writes it)");
     assert_eq!(got, want);
 }
+
+/// The program's rate limit, on the fake clock: a flood of denied connections is reported
+/// `burst` times at once, then `rate` times per second; another endpoint direction has a
+/// budget of its own; allowed connections are reported only with `log_allowed`.
+#[test]
+fn events_are_rate_limited_per_endpoint_direction() {
+    let events = EventConfig {
+        rate_per_second: 4,
+        burst: 3,
+        ..EventConfig::default()
+    };
+    let fake = FakeBpf::with_routes(routes());
+    let mut dp = EbpfDataplane::new(fake.clone()).with_events(Some(events));
+    let mut source = dp.events().unwrap();
+    // Ingress isolated, 80/TCP allowed from anyone; egress isolated with no rule.
+    let mut rs = simple(true, Some(80));
+    let ep = rs.endpoints.get_mut("ns/a").unwrap();
+    ep.egress.isolated = true;
+    ep.egress.isolated_by = vec!["ns/p".into()];
+    dp.apply_full(&rs).unwrap();
+    let denied_in = packet(Direction::Ingress, peer_ip(3, false), 6, 81, false);
+    let allowed_in = packet(Direction::Ingress, peer_ip(3, false), 6, 80, false);
+    let denied_out = packet(Direction::Egress, peer_ip(3, false), 6, 80, false);
+    let mut count = |p: FakePacket, n: usize| {
+        for _ in 0..n {
+            fake.judge(p);
+        }
+        source.recv(Duration::ZERO).unwrap()
+    };
+    assert_eq!(count(denied_in, 50).len(), 3, "the burst");
+    assert_eq!(count(allowed_in, 5).len(), 0, "allowed: not asked for");
+    assert_eq!(count(denied_out, 50).len(), 3, "egress has a budget of its own");
+    fake.lock().now += 1_000_000_000;
+    let got = count(denied_in, 50);
+    assert_eq!(got.len(), 3, "a second later: rate x 1 s, capped at the burst");
+    assert!(got.iter().all(|e| e.tag == EventTag::denied("ns/a", Direction::Ingress)));
+    fake.lock().now += 250_000_000;
+    assert_eq!(count(denied_in, 50).len(), 1, "a quarter second: one");
+    assert_eq!(count(denied_in, 50).len(), 0);
+}
