@@ -19,7 +19,9 @@ fn main() {
     };
     let status = Command::new(&clang)
         // -mcpu=v3: atomic compare-and-swap (the event rate limit), kernels 5.12 and later.
-        .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3"])
+        .args([
+            "-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-mcpu=v3",
+        ])
         .arg(format!("-I/usr/include/{multiarch}"))
         .args(["-c", src, "-o"])
         .arg(&out)

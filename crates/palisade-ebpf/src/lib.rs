@@ -41,6 +41,18 @@
 //!    open. Allowed connections are counted per RuleOrigin in `pal_allow_cnt` (per-CPU) and
 //!    remembered in `pal_conns`.
 //!
+//!    An endpoint entry also says, per direction, what a packet no rule matches gets:
+//!    default deny (isolated), *audit-denied* (policies in audit mode would isolate it: it
+//!    passes, counted in `pal_audit_cnt` and reported), or open.
+//!
+//! ## Verdict events
+//! With [`EbpfDataplane::with_events`], default-deny drops, audit-denied connections and
+//! (with `log_allowed`) allowed ones are written to the ring buffer `pal_events` as a
+//! fixed record ([`layout::decode_event`]) carrying the [`EventTag`] hash of the reason:
+//! the endpoint entry holds the tag of its miss per direction, `pal_origin_tags` the tag
+//! of each RuleOrigin. The rate limit (per endpoint and direction, per rule for allows) is
+//! a GCRA in `pal_limits` moved by compare-and-swap. [`Dataplane::events`] reads the ring.
+//!
 //! ## Atomic changes: two generations
 //! Every policy key carries a generation byte; `pal_config[0]` names the active one. An
 //! apply writes the *inactive* generation (only the entries that differ from what it held,
@@ -142,9 +154,11 @@ pub struct EbpfDataplane<E: BpfExecutor> {
     ids_written: Option<(usize, usize)>,
     /// Verdict events: `None` leaves them off (the program then reports nothing).
     events: Option<EventConfig>,
-    /// Whether this instance wrote `pal_event_cfg`, and how many origins' tags it wrote
-    /// into `pal_origin_tags` (they only grow, like the origin ids).
-    event_state: Option<usize>,
+    /// Whether this instance wrote `pal_event_cfg` since its last full apply.
+    event_config_written: bool,
+    /// How many origins' tags this instance wrote into `pal_origin_tags` (they only grow,
+    /// like the origin ids).
+    origin_tags_written: usize,
 }
 
 impl<E: BpfExecutor> EbpfDataplane<E> {
@@ -157,7 +171,8 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             cache: PlanCache::default(),
             ids_written: None,
             events: None,
-            event_state: None,
+            event_config_written: false,
+            origin_tags_written: 0,
         }
     }
 
@@ -170,31 +185,39 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         self
     }
 
-    /// Writes the event configuration once per instance, and the tags of origins this
-    /// instance has not written yet (only when allowed connections are reported).
-    fn sync_event_maps(&mut self, ids: &Ids) -> Result<(), BpfError> {
-        let written = match self.event_state {
-            Some(n) => n,
-            None => {
-                self.executor.update(
-                    MapKind::EventConfig,
-                    &0u32.to_ne_bytes(),
-                    &layout::event_config(self.events.as_ref()),
-                )?;
-                0
-            }
-        };
-        let log_allowed = self.events.is_some_and(|e| e.log_allowed);
-        if log_allowed {
-            for (i, origin) in ids.origins.iter().enumerate().skip(written) {
+    /// The event configuration (written by the first apply and by every full one: the
+    /// pins may be shared with an instance configured otherwise).
+    fn write_event_config(&mut self) -> Result<(), BpfError> {
+        self.executor.update(
+            MapKind::EventConfig,
+            &0u32.to_ne_bytes(),
+            &layout::event_config(self.events.as_ref()),
+        )?;
+        self.event_config_written = true;
+        Ok(())
+    }
+
+    /// Writes the event configuration when due, and the tags of origins this instance has
+    /// not written yet (only when allowed connections are reported).
+    fn sync_event_maps(&mut self, ids: &Ids, full: bool) -> Result<(), BpfError> {
+        if full || !self.event_config_written {
+            self.write_event_config()?;
+        }
+        if self.events.is_some_and(|e| e.log_allowed) {
+            for (i, origin) in ids
+                .origins
+                .iter()
+                .enumerate()
+                .skip(self.origin_tags_written)
+            {
                 self.executor.update(
                     MapKind::OriginTags,
                     &(i as u32 + 1).to_ne_bytes(),
                     &EventTag::allowed(origin).hash.to_ne_bytes(),
                 )?;
             }
+            self.origin_tags_written = ids.origins.len();
         }
-        self.event_state = Some(if log_allowed { ids.origins.len() } else { 0 });
         Ok(())
     }
 
@@ -381,7 +404,7 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             Some(serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?)
         };
         if !too_many {
-            self.sync_event_maps(&ids)?;
+            self.sync_event_maps(&ids, diff.is_none())?;
         }
         self.ids = Some(ids);
         if too_many {
@@ -478,7 +501,8 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         self.wanted = None;
         self.cache.clear();
         self.ids_written = None;
-        self.event_state = None;
+        self.event_config_written = false;
+        self.origin_tags_written = 0;
         self.executor
             .remove_all()
             .map_err(|e| failed("removal of the eBPF programs and maps", e))
@@ -571,12 +595,8 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
             // The ring buffer is pinned with the programs; the configuration is written
             // by the first apply (or here, when events are read before any apply).
             me.executor.prepare()?;
-            if me.event_state.is_none() {
-                me.executor.update(
-                    MapKind::EventConfig,
-                    &0u32.to_ne_bytes(),
-                    &layout::event_config(me.events.as_ref()),
-                )?;
+            if !me.event_config_written {
+                me.write_event_config()?;
             }
             me.executor.open_events()
         };

@@ -491,11 +491,22 @@ fn events_are_rate_limited_per_endpoint_direction() {
     };
     assert_eq!(count(denied_in, 50).len(), 3, "the burst");
     assert_eq!(count(allowed_in, 5).len(), 0, "allowed: not asked for");
-    assert_eq!(count(denied_out, 50).len(), 3, "egress has a budget of its own");
+    assert_eq!(
+        count(denied_out, 50).len(),
+        3,
+        "egress has a budget of its own"
+    );
     fake.lock().now += 1_000_000_000;
     let got = count(denied_in, 50);
-    assert_eq!(got.len(), 3, "a second later: rate x 1 s, capped at the burst");
-    assert!(got.iter().all(|e| e.tag == EventTag::denied("ns/a", Direction::Ingress)));
+    assert_eq!(
+        got.len(),
+        3,
+        "a second later: rate x 1 s, capped at the burst"
+    );
+    assert!(
+        got.iter()
+            .all(|e| e.tag == EventTag::denied("ns/a", Direction::Ingress))
+    );
     fake.lock().now += 250_000_000;
     assert_eq!(count(denied_in, 50).len(), 1, "a quarter second: one");
     assert_eq!(count(denied_in, 50).len(), 0);

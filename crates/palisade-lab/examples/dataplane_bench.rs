@@ -74,24 +74,27 @@
 //! process is bounded in time; the lab's namespaces are deleted when it drops (also on a
 //! panic) and on SIGINT/SIGTERM.
 
+#[path = "common/backends.rs"]
+mod backends;
+
 use std::fmt::Write as _;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use backends::BenchBackend;
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::time::{ClockId, clock_gettime};
 use palisade_engine::{ClusterState, Endpoint, Flow, LiveState};
-use palisade_iptables::{IptablesDataplane, IptablesMode, SystemIptables};
 use palisade_ir::{Dataplane, NodeRuleset, RulesetDiff};
 use palisade_lab::{Families, Lab, LabPod, LabSpec, ProbeOutcome};
 use palisade_model::{
     Direction, IpBlock, IpFamily, Key, LabelSelector, Labels, Namespace, NetworkPolicy, Object,
     Operator, Peer, Pod, PortMatch, PortSpec, Protocol, Requirement, Rule,
 };
-use palisade_nft::{Config, NftDataplane, NftExecutor, SystemNft, render_full};
+use palisade_nft::{Config, NftExecutor, SystemNft, render_full};
 use palisade_testkit::{GenParams, generate_cluster};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -129,91 +132,38 @@ struct Args {
     backends: Vec<BenchBackend>,
 }
 
-/// A dataplane the bench can measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BenchBackend {
-    Nft,
-    IptablesNft,
-    IptablesLegacy,
-    Ebpf,
-}
-
-impl BenchBackend {
-    fn parse(s: &str) -> Result<BenchBackend, String> {
-        match s.trim() {
-            "nft" => Ok(BenchBackend::Nft),
-            "iptables-nft" => Ok(BenchBackend::IptablesNft),
-            "iptables-legacy" => Ok(BenchBackend::IptablesLegacy),
-            "ebpf" => Ok(BenchBackend::Ebpf),
-            other => Err(format!(
-                "--backends: unknown backend {other:?} (nft, iptables-nft, iptables-legacy, ebpf)"
-            )),
+/// The full render of `rs` by `backend` (what `--dump` writes) and the objects it creates.
+fn render(backend: BenchBackend, rs: &NodeRuleset) -> (String, KernelCounts) {
+    match backend {
+        BenchBackend::Nft => {
+            let text = render_full(rs, &Config::default());
+            let counts = kernel_counts(&text);
+            (text, counts)
         }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            BenchBackend::Nft => "nft",
-            BenchBackend::IptablesNft => "iptables-nft",
-            BenchBackend::IptablesLegacy => "iptables-legacy",
-            BenchBackend::Ebpf => "ebpf",
-        }
-    }
-
-    /// The backend's dataplane inside `netns`.
-    fn make(self, netns: &str) -> Box<dyn Dataplane> {
-        let iptables = |mode| -> Box<dyn Dataplane> {
-            Box::new(IptablesDataplane::new(SystemIptables::new(
-                Some(netns),
-                Some(mode),
-            )))
-        };
-        match self {
-            BenchBackend::Nft => Box::new(NftDataplane::new(
-                SystemNft::in_netns(netns),
-                Config::default(),
-            )),
-            BenchBackend::IptablesNft => iptables(IptablesMode::Nft),
-            BenchBackend::IptablesLegacy => iptables(IptablesMode::Legacy),
-            BenchBackend::Ebpf => Box::new(palisade_ebpf::EbpfDataplane::new(
-                palisade_ebpf::SystemBpf::in_netns(netns),
-            )),
-        }
-    }
-
-    /// The full render of `rs` (what `--dump` writes) and the objects it creates.
-    fn render(self, rs: &NodeRuleset) -> (String, KernelCounts) {
-        match self {
-            BenchBackend::Nft => {
-                let text = render_full(rs, &Config::default());
-                let counts = kernel_counts(&text);
-                (text, counts)
+        BenchBackend::IptablesNft | BenchBackend::IptablesLegacy => {
+            let r = palisade_iptables::render_full(rs);
+            let mut c = KernelCounts::default();
+            for restore in &r.restore {
+                c.chains += restore.lines().filter(|l| l.starts_with(':')).count();
+                c.rules += restore.lines().filter(|l| l.starts_with("-A ")).count();
             }
-            BenchBackend::IptablesNft | BenchBackend::IptablesLegacy => {
-                let r = palisade_iptables::render_full(rs);
-                let mut c = KernelCounts::default();
-                for restore in &r.restore {
-                    c.chains += restore.lines().filter(|l| l.starts_with(':')).count();
-                    c.rules += restore.lines().filter(|l| l.starts_with("-A ")).count();
+            for line in r.ipset_before.lines().chain(r.ipset_after.lines()) {
+                if line.starts_with("create PAL-") && !line.starts_with("create PAL-T-") {
+                    c.sets += 1;
+                } else if line.starts_with("add ") {
+                    c.set_elements += 1;
                 }
-                for line in r.ipset_before.lines().chain(r.ipset_after.lines()) {
-                    if line.starts_with("create PAL-") && !line.starts_with("create PAL-T-") {
-                        c.sets += 1;
-                    } else if line.starts_with("add ") {
-                        c.set_elements += 1;
-                    }
-                }
-                (r.text(), c)
             }
-            // Map entries (both generations are written, so the kernel holds twice this).
-            BenchBackend::Ebpf => (
-                palisade_ebpf::render_full(rs),
-                KernelCounts {
-                    map_elements: palisade_ebpf::entry_count(rs),
-                    ..KernelCounts::default()
-                },
-            ),
+            (r.text(), c)
         }
+        // Map entries (both generations are written, so the kernel holds twice this).
+        BenchBackend::Ebpf => (
+            palisade_ebpf::render_full(rs),
+            KernelCounts {
+                map_elements: palisade_ebpf::entry_count(rs),
+                ..KernelCounts::default()
+            },
+        ),
     }
 }
 
@@ -265,7 +215,7 @@ fn parse_args() -> Result<Args, String> {
             "--backends" | "--backend" => {
                 a.backends = value
                     .split(',')
-                    .map(BenchBackend::parse)
+                    .map(|b| BenchBackend::parse(b).map_err(|e| format!("--backends: {e}")))
                     .collect::<Result<_, _>>()?;
             }
             _ => return Err(format!("unknown option {flag}")),
@@ -841,7 +791,7 @@ impl Bench {
             .map(|backend| {
                 ENFORCING
                     .iter()
-                    .map(|&i| backend.make(lab.node_netns(i)))
+                    .map(|&i| backend.make(lab.node_netns(i), None))
                     .collect()
             })
             .collect();
@@ -1041,7 +991,7 @@ fn measure_size(
         };
         for rs in &rulesets {
             let t = Instant::now();
-            let (_, counts) = backend.render(rs);
+            let (_, counts) = render(backend, rs);
             r.render_full.push(t.elapsed());
             r.kernel.push(counts);
             r.ir.push(rs.stats());
@@ -1254,7 +1204,7 @@ fn measure_updates(
     b.activate(k)?;
     let mut dataplanes: Vec<Box<dyn Dataplane>> = Vec::new();
     for (i, &node) in ENFORCING.iter().enumerate() {
-        let mut dp = b.backends[k].make(b.lab.node_netns(node));
+        let mut dp = b.backends[k].make(b.lab.node_netns(node), None);
         dp.apply_full(&rulesets[i]).map_err(|e| e.to_string())?;
         dataplanes.push(dp);
     }
@@ -1545,7 +1495,7 @@ fn dump(b: &Bench, args: &Args, dir: &str) -> Result<String, String> {
         let state = build_state(&b.lab, &b.enforced, size, args);
         let rs = state.compile_node(&b.node_name(0));
         for backend in &args.backends {
-            let (text, counts) = backend.render(&rs);
+            let (text, counts) = render(*backend, &rs);
             eprintln!(
                 "size {n} {}: IR {:?}, kernel {:?}",
                 backend.name(),

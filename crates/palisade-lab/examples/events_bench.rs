@@ -2,10 +2,10 @@
 //! and the command that produced them: BENCHMARKS.md, "Verdict events".
 //!
 //! ```text
-//! cargo run --release -p palisade-lab --example events_bench -- [--rounds 10] [--window-ms 1000] [--latency-probes 100]
+//! cargo run --release -p palisade-lab --example events_bench -- [--backend nft|iptables-nft|iptables-legacy|ebpf] [--rounds 10] [--window-ms 1000] [--latency-probes 100]
 //! ```
 //!
-//! Two lab nodes carry the nftables table. `bench/client` (node 0) connects in a loop to
+//! Two lab nodes carry the backend's rules (nftables by default). `bench/client` (node 0) connects in a loop to
 //! `bench/server` (node 1) on 8080/TCP, which a policy allows; meanwhile `bench/flooder`
 //! (node 0) floods the server with UDP datagrams, each to another port, all denied by the
 //! server's default deny: every one is a new connection the dataplane drops, and with
@@ -24,6 +24,9 @@
 //! Traffic only flows between the lab's own namespaces; loops are bounded in time and
 //! count; the lab's namespaces are deleted when it drops (also on a panic) and on SIGINT.
 
+#[path = "common/backends.rs"]
+mod backends;
+
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
@@ -31,16 +34,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use backends::BenchBackend;
 use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::time::{ClockId, clock_gettime};
 use palisade_engine::ClusterState;
-use palisade_ir::Dataplane;
 use palisade_ir::events::EventConfig;
 use palisade_lab::{Lab, LabPod, LabSpec};
 use palisade_model::load::{Loaded, load_str};
 use palisade_model::{IpFamily, Key, Object, Protocol};
-use palisade_nft::{Config, NftDataplane, SystemNft};
 
 const CONN_PORT: u16 = 8080;
 const POLICY: &str = "\
@@ -55,6 +57,7 @@ spec:
 ";
 
 struct Args {
+    backend: BenchBackend,
     rounds: usize,
     window: Duration,
     latency_probes: usize,
@@ -62,6 +65,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
+        backend: BenchBackend::Nft,
         rounds: 10,
         window: Duration::from_millis(1000),
         latency_probes: 100,
@@ -70,6 +74,10 @@ fn parse_args() -> Result<Args, String> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
+            "--backend" => {
+                args.backend =
+                    BenchBackend::parse(&value()?).map_err(|e| format!("--backend: {e}"))?
+            }
             "--rounds" => args.rounds = value()?.parse().map_err(|e| format!("{e}"))?,
             "--window-ms" => {
                 args.window = Duration::from_millis(value()?.parse().map_err(|e| format!("{e}"))?)
@@ -175,15 +183,9 @@ fn run() -> Result<(), String> {
         .map(|n| state.compile_node(n))
         .collect();
     let events = EventConfig::default();
-    let dataplane = |node: usize, events: Option<EventConfig>| {
-        NftDataplane::new(
-            SystemNft::in_netns(lab.node_netns(node)),
-            Config {
-                events,
-                ..Config::default()
-            },
-        )
-    };
+    let dataplane =
+        |node: usize, events: Option<EventConfig>| args.backend.make(lab.node_netns(node), events);
+    println!("Backend: {}", args.backend.name());
     let mut plain: Vec<_> = (0..2).map(|i| dataplane(i, None)).collect();
     let mut logging: Vec<_> = (0..2).map(|i| dataplane(i, Some(events))).collect();
     let reader = logging[1].events().map_err(|e| e.to_string())?;
