@@ -963,7 +963,10 @@ fn fields_added_up_to_1_37_are_known_under_strict_validation() {
     let pods = pods(&loaded);
     assert_eq!(pods.len(), 2);
     assert_eq!(pods[0].key.to_string(), "shop/web-7d9f8b6c5-x2x4q");
-    assert_eq!(pods[0].ips, ["10.0.1.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        pods[0].ips,
+        ["10.0.1.10".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(pods[0].ports[0].name.as_deref(), Some("http"));
     assert_eq!(pods[1].source, PodSource::Job);
     assert_eq!(pods[1].labels["app"], "report");
