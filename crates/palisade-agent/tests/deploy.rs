@@ -123,7 +123,7 @@ fn rbac_grants_exactly_what_the_agent_watches() {
 #[test]
 fn daemonset_runs_the_agent_unprivileged_with_probes() {
     let ds: DaemonSet = find("DaemonSet");
-    let spec = ds.spec.unwrap().template.spec.unwrap();
+    let spec = ds.spec.template.spec.unwrap();
     assert_eq!(spec.host_network, Some(true));
     assert_eq!(spec.service_account_name.as_deref(), Some("palisade-agent"));
     let c = &spec.containers[0];

@@ -74,6 +74,23 @@ fn git(args: &[&str]) -> anyhow::Result<Vec<u8>> {
 /// The manifest files of PATH at REV (a file, or a folder's `*.yaml|yml|json`, recursively),
 /// named `REV:path`; PATH is relative to the current directory, as git takes it.
 fn git_files(rev: &str, path: &str) -> anyhow::Result<Vec<(String, String)>> {
+    // A bad revision named as such, rather than as the failure of a git plumbing command.
+    let out = Command::new("git")
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{tree}}"),
+        ])
+        .output()
+        .context("running git rev-parse")?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if why.is_empty() {
+            bail!("no git revision {rev:?} (in {rev}:{path})");
+        }
+        bail!("no git revision {rev:?} (in {rev}:{path}): {why}");
+    }
     // Paths relative to the current directory (`..` included), listed by their full name.
     let listing = git(&[
         "ls-tree",

@@ -253,6 +253,10 @@ const CASES: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "validate_new_fields",
+        &["validate", "-f", "testdata/versions/new-fields.yaml"],
+    ),
+    (
         "validate_fields_strict",
         &["validate", "-f", "testdata/versions/typo.yaml"],
     ),
@@ -362,9 +366,17 @@ const CASES: &[(&str, &[&str])] = &[
 ];
 
 fn run(args: &[&str]) -> String {
+    run_in(&repo_root(), args)
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(args)
-        .current_dir(repo_root())
+        .current_dir(dir)
+        // The git repository is the one of the current directory, whatever the caller's.
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
         .output()
         .expect("run palisade");
     format!(
@@ -376,27 +388,151 @@ fn run(args: &[&str]) -> String {
     )
 }
 
+/// Compares `actual` with `tests/golden/<name>.txt` (or writes it, with UPDATE_GOLDEN);
+/// a mismatch is added to `mismatches`.
+fn check_golden(name: &str, actual: &str, mismatches: &mut Vec<String>) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/{name}.txt"));
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}: run with UPDATE_GOLDEN=1", path.display()));
+    if expected != actual {
+        mismatches.push(format!(
+            "{name}:\n--- expected\n{expected}\n--- actual\n{actual}"
+        ));
+    }
+}
+
 #[test]
 fn cli_outputs_match_golden_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let update = std::env::var("UPDATE_GOLDEN").is_ok();
     let mut mismatches = Vec::new();
     for (name, args) in CASES {
-        let actual = run(args);
-        let path = dir.join(format!("{name}.txt"));
-        if update {
-            std::fs::write(&path, &actual).unwrap();
-            continue;
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("missing {}: run with UPDATE_GOLDEN=1", path.display()));
-        if expected != actual {
-            mismatches.push(format!(
-                "{name}:\n--- expected\n{expected}\n--- actual\n{actual}"
-            ));
-        }
+        check_golden(name, &run(args), &mut mismatches);
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+/// Runs git in `dir` (the test's own repository), failing the test when git fails.
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies the manifests of `testdata/<from>` into `to`.
+fn copy_manifests(from: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(repo_root().join(from)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// The output part of a golden text (after its command line), to compare two commands.
+fn stdout_of(golden: &str) -> &str {
+    let start = golden.find("--- stdout:\n").expect("stdout");
+    let end = golden.find("--- stderr:\n").expect("stderr");
+    &golden[start..end]
+}
+
+/// `palisade diff REV:PATH ...` in a git repository made by the test: the manifests of
+/// `testdata/diff/old` committed, then those of `testdata/diff/new`; each side read from a
+/// revision gives what the same files on disk give (`diff_shop`).
+#[test]
+fn diff_of_git_revisions_matches_golden_files() {
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    git(root, &["init", "--quiet"]);
+    git(root, &["config", "user.name", "Palisade Test"]);
+    git(
+        root,
+        &["config", "user.email", "palisade-test@example.invalid"],
+    );
+    git(root, &["config", "commit.gpgsign", "false"]);
+    copy_manifests("testdata/diff/old", &root.join("deploy"));
+    // A file git holds that is not a manifest is not read, as on disk.
+    std::fs::write(root.join("deploy/README"), "not a manifest\n").unwrap();
+    git(root, &["add", "deploy"]);
+    git(root, &["commit", "--quiet", "-m", "old policies"]);
+    copy_manifests("testdata/diff/new", &root.join("deploy"));
+    git(root, &["commit", "--quiet", "-a", "-m", "new policies"]);
+    std::fs::create_dir(root.join("ci")).unwrap();
+
+    let cases: &[(&str, &str, &[&str])] = &[
+        // The work tree against the previous commit, as in a pull request's CI job.
+        (
+            "diff_git_worktree",
+            ".",
+            &["diff", "HEAD~1:deploy", "deploy"],
+        ),
+        (
+            "diff_git_revisions_md",
+            ".",
+            &["diff", "HEAD~1:deploy", "HEAD:deploy", "-o", "md"],
+        ),
+        // PATH is relative to the current directory, as git takes it.
+        (
+            "diff_git_subdir",
+            "ci",
+            &["diff", "HEAD~1:../deploy", "../deploy"],
+        ),
+        (
+            "diff_git_unchanged",
+            ".",
+            &["diff", "HEAD:deploy", "deploy"],
+        ),
+        (
+            "diff_git_bad_revision",
+            ".",
+            &["diff", "nope:deploy", "deploy"],
+        ),
+        (
+            "diff_git_no_such_path",
+            ".",
+            &["diff", "HEAD~1:nope", "deploy"],
+        ),
+    ];
+    let mut mismatches = Vec::new();
+    let mut outputs = std::collections::BTreeMap::new();
+    for (name, dir, args) in cases {
+        let actual = run_in(&root.join(dir), args);
+        check_golden(name, &actual, &mut mismatches);
+        outputs.insert(*name, actual);
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // The same connectivity difference as the two folders on disk.
+    let on_disk = run(&["diff", "testdata/diff/old", "testdata/diff/new"]);
+    assert!(on_disk.contains("--- exit: 1\n"), "{on_disk}");
+    for name in ["diff_git_worktree", "diff_git_subdir"] {
+        assert_eq!(stdout_of(&outputs[name]), stdout_of(&on_disk), "{name}");
+    }
+    // The Markdown headline names the sides; its table rows must be the same.
+    let rows = |text: &str| -> Vec<String> {
+        stdout_of(text)
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .map(String::from)
+            .collect()
+    };
+    let md = run(&["diff", "testdata/diff/old", "testdata/diff/new", "-o", "md"]);
+    assert!(rows(&md).len() > 2, "{md}");
+    assert_eq!(rows(&outputs["diff_git_revisions_md"]), rows(&md));
+    for name in ["diff_git_bad_revision", "diff_git_no_such_path"] {
+        assert!(outputs[name].contains("--- exit: 2\n"), "{}", outputs[name]);
+    }
 }
 
 #[test]

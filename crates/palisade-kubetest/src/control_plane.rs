@@ -482,19 +482,19 @@ impl ControlPlane {
         let client = self.admin_client().await?;
         let api: Api<ServiceAccount> = Api::namespaced(client, namespace);
         let request = TokenRequest {
-            spec: TokenRequestSpec {
+            spec: Some(TokenRequestSpec {
                 expiration_seconds: Some(TOKEN_SECONDS),
                 ..Default::default()
-            },
+            }),
             ..Default::default()
         };
         let answer = api
             .create_token_request(service_account, &PostParams::default(), &request)
             .await
             .ctx(format!("token request for {namespace}/{service_account}"))?;
-        answer.status.map(|s| s.token).ok_or_else(|| {
+        answer.status.and_then(|s| s.token).ok_or_else(|| {
             Error::other(format!(
-                "token request for {namespace}/{service_account}: no status"
+                "token request for {namespace}/{service_account}: no status.token in the answer"
             ))
         })
     }

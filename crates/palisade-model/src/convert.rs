@@ -1021,13 +1021,12 @@ pub fn deployment(d: &apps::Deployment) -> Result<Pod, InvalidObject> {
 }
 
 pub fn deployment_with(d: &apps::Deployment, opts: &Options) -> Result<Pod, InvalidObject> {
-    let spec = d.spec.clone().unwrap_or_default();
     apps_workload(
         opts,
         PodSource::Deployment,
         &d.metadata,
-        &spec.selector,
-        &spec.template,
+        &d.spec.selector,
+        &d.spec.template,
     )
 }
 
@@ -1036,13 +1035,12 @@ pub fn stateful_set(s: &apps::StatefulSet) -> Result<Pod, InvalidObject> {
 }
 
 pub fn stateful_set_with(s: &apps::StatefulSet, opts: &Options) -> Result<Pod, InvalidObject> {
-    let spec = s.spec.clone().unwrap_or_default();
     apps_workload(
         opts,
         PodSource::StatefulSet,
         &s.metadata,
-        &spec.selector,
-        &spec.template,
+        &s.spec.selector,
+        &s.spec.template,
     )
 }
 
@@ -1051,13 +1049,12 @@ pub fn daemon_set(d: &apps::DaemonSet) -> Result<Pod, InvalidObject> {
 }
 
 pub fn daemon_set_with(d: &apps::DaemonSet, opts: &Options) -> Result<Pod, InvalidObject> {
-    let spec = d.spec.clone().unwrap_or_default();
     apps_workload(
         opts,
         PodSource::DaemonSet,
         &d.metadata,
-        &spec.selector,
-        &spec.template,
+        &d.spec.selector,
+        &d.spec.template,
     )
 }
 
@@ -1066,13 +1063,12 @@ pub fn replica_set(r: &apps::ReplicaSet) -> Result<Pod, InvalidObject> {
 }
 
 pub fn replica_set_with(r: &apps::ReplicaSet, opts: &Options) -> Result<Pod, InvalidObject> {
-    let spec = r.spec.clone().unwrap_or_default();
-    let template = spec.template.unwrap_or_default();
+    let template = r.spec.template.clone().unwrap_or_default();
     apps_workload(
         opts,
         PodSource::ReplicaSet,
         &r.metadata,
-        &spec.selector,
+        &r.spec.selector,
         &template,
     )
 }
@@ -1163,8 +1159,9 @@ pub fn cron_job_with(c: &batch::CronJob, opts: &Options) -> Result<Pod, InvalidO
     }
     let template = c
         .spec
+        .job_template
+        .spec
         .as_ref()
-        .and_then(|s| s.job_template.spec.as_ref())
         .map(|s| s.template.clone())
         .unwrap_or_default();
     let pod = template_pod(

@@ -938,3 +938,60 @@ fn one_line_per_invalid_field() {
         ]
     );
 }
+
+/// `testdata/versions/new-fields.yaml`: a Pod and a Job as a v1.37 cluster returns them,
+/// with fields added in Kubernetes 1.35, 1.36 and 1.37 (in spec and status).
+fn new_fields_manifest() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/versions/new-fields.yaml"
+    );
+    fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn fields_added_up_to_1_37_are_known_under_strict_validation() {
+    // The v1.37 API server knows these fields; read with v1.34's types they were
+    // "unknown field" errors and the objects were dropped.
+    let loaded = load_with(
+        &new_fields_manifest(),
+        "new-fields.yaml",
+        FieldValidation::Strict,
+    );
+    assert!(loaded.is_ok(), "{:?}", errors(&loaded));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let pods = pods(&loaded);
+    assert_eq!(pods.len(), 2);
+    assert_eq!(pods[0].key.to_string(), "shop/web-7d9f8b6c5-x2x4q");
+    assert_eq!(
+        pods[0].ips,
+        ["10.0.1.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(pods[0].ports[0].name.as_deref(), Some("http"));
+    assert_eq!(pods[1].source, PodSource::Job);
+    assert_eq!(pods[1].labels["app"], "report");
+}
+
+#[test]
+fn a_misspelt_field_next_to_new_ones_is_still_unknown() {
+    let text = new_fields_manifest()
+        .replace("scheduling: {}", "scheduling: {}\n  schedulng: {}")
+        .replace(
+            "allocatedResources: {cpu: 100m, memory: 64Mi}",
+            "allocatedResources: {cpu: 100m, memory: 64Mi}\n  alocatedResources: {cpu: 1}",
+        )
+        .replace("mode: Plaintext}", "mode: Plaintext, modes: TLS}");
+    let loaded = load_with(&text, "new-fields.yaml", FieldValidation::Strict);
+    assert!(loaded.objects.is_empty(), "{:?}", names(&loaded));
+    assert_eq!(
+        errors(&loaded),
+        [
+            "new-fields.yaml: Pod shop/web-7d9f8b6c5-x2x4q: status.alocatedResources: unknown \
+             field \"alocatedResources\"",
+            "new-fields.yaml (document 2): Job shop/report: spec.schedulng: unknown field \
+             \"schedulng\"",
+            "new-fields.yaml (document 2): Job shop/report: \
+             spec.template.spec.containers[0].livenessProbe.grpc.modes: unknown field \"modes\"",
+        ]
+    );
+}

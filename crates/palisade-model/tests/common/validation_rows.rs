@@ -640,5 +640,14 @@ pub fn valid_rows() -> Vec<ValidRow> {
             _ => false,
         }),
         valid("workload: ReplicationController selector defaults to the template labels", "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec: {template: {metadata: {labels: {app: web}}}}\n".to_string(), |_| true),
+        // Fields added in 1.35-1.37 are known fields, not unknown ones (strict field validation).
+        valid("fields: pod fields added in 1.35 (status.allocatedResources, status.resources) and 1.37 (httpGet.protocol)", "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: ns}\nspec: {containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}], readinessProbe: {httpGet: {port: http, protocol: HTTP/1.1}}}]}\nstatus: {podIP: 10.0.0.1, allocatedResources: {cpu: 100m}, resources: {requests: {cpu: 100m}}}\n".to_string(), |o| match o {
+            Object::Pod(p) => p.ips.iter().map(ToString::to_string).collect::<Vec<_>>() == ["10.0.0.1"],
+            _ => false,
+        }),
+        valid("fields: Job fields added in 1.37 (spec.scheduling, grpc.mode)", "apiVersion: batch/v1\nkind: Job\nmetadata: {name: j, namespace: ns}\nspec: {scheduling: {}, template: {metadata: {labels: {app: j}}, spec: {containers: [{name: c, livenessProbe: {grpc: {port: 9000, mode: Plaintext}}}]}}}\n".to_string(), |o| match o {
+            Object::Pod(p) => p.labels.get("app").map(String::as_str) == Some("j"),
+            _ => false,
+        }),
     ]
 }
