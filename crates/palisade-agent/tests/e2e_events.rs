@@ -78,6 +78,22 @@ async fn audit_mode_reports_and_enforce_drops() -> Result<()> {
         return Ok(());
     }
     palisade_lab::install_signal_cleanup().map_err(Error::other)?;
+    audit_mode(None).await
+}
+
+/// The same with the agents on the eBPF dataplane (ring-buffer events, its audit tier).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_mode_reports_and_enforce_drops_ebpf() -> Result<()> {
+    if !e2e_prerequisites() {
+        return Ok(());
+    }
+    palisade_lab::install_signal_cleanup().map_err(Error::other)?;
+    audit_mode(Some("--backend=ebpf")).await
+}
+
+/// `backend`: an extra agent flag choosing the dataplane (None: the default, or
+/// `PALISADE_E2E_BACKEND`).
+async fn audit_mode(backend: Option<&str>) -> Result<()> {
     let spec = LabClusterSpec {
         lab: LabSpec {
             nodes: 2,
@@ -100,7 +116,8 @@ async fn audit_mode_reports_and_enforce_drops() -> Result<()> {
         .await?;
     c.run_lab_pod(&key("x/client"), labels(&[("app", "client")]), http)
         .await?;
-    c.start_agents(|_| {}).await?;
+    c.start_agents(|s| s.extra_args.extend(backend.map(str::to_string)))
+        .await?;
     let server: IpAddr = c.lab.pod_ip(&key("x/server"), IpFamily::V4).expect("ip");
     let flow = |allowed| vec![Expectation::tcp(&key("x/client"), server, 80, allowed)];
 
