@@ -403,15 +403,16 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         } else {
             Some(serde_json::to_string(&ids).map_err(|e| BpfError::Other(e.to_string()))?)
         };
-        if !too_many {
-            self.sync_event_maps(&ids, diff.is_none())?;
-        }
-        self.ids = Some(ids);
         if too_many {
+            self.ids = Some(ids);
             return Err(BpfError::Other(format!(
                 "more than {MAX_ORIGINS} rule origins or endpoints since the maps were created; remove() and apply again"
             )));
         }
+        // Before the flip: the new generation may report with tags of new origins.
+        let synced = self.sync_event_maps(&ids, diff.is_none());
+        self.ids = Some(ids);
+        synced?;
         let active = self.active_gen()?;
         let inactive = 1 - active;
         let (mut ops, full) = self.fill(inactive, &plan, diff.is_some())?;
