@@ -123,7 +123,6 @@ impl FakeState {
     }
 
     /// The program's `report`: a record in the ring buffer, if the bucket has a token.
-    #[allow(clippy::too_many_arguments)]
     fn report(
         &mut self,
         cfg: &[u8],
