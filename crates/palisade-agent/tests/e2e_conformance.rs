@@ -51,6 +51,29 @@ struct Tally {
     matrices: usize,
     reprobed: usize,
     failures: Vec<String>,
+    /// Mismatch reports of the first wrong cells (at most [`MISMATCH_REPORTS`]).
+    reports: Vec<String>,
+}
+
+/// Wrong cells explained in full in a failure (each report is long).
+const MISMATCH_REPORTS: usize = 5;
+
+/// One node's agent as a mismatch report shows it: what it applied, and how.
+fn agent_summary(agent: &palisade_kubetest::Agent) -> String {
+    match agent.metrics() {
+        Ok(m) => format!(
+            "agent: {} applies that changed the kernel, {} apply errors, {} events applied (mean event -> applied {:.1} ms), ruleset {} rules, {} sets; uninterpretable objects {}",
+            m.applies(),
+            m.value("palisade_apply_errors_total", &[]).unwrap_or(0.0),
+            m.events_applied(),
+            m.mean_event_to_applied().unwrap_or_default().as_secs_f64() * 1000.0,
+            m.value("palisade_ruleset_rules", &[]).unwrap_or(0.0),
+            m.value("palisade_ruleset_sets", &[]).unwrap_or(0.0),
+            m.value("palisade_uninterpretable_objects", &[])
+                .unwrap_or(0.0),
+        ),
+        Err(e) => format!("agent metrics unavailable: {e}"),
+    }
 }
 
 /// `backend`: the agents' `--backend` argument (`None`: the default, nft).
@@ -105,6 +128,8 @@ async fn run(family: IpFamily, backend: Option<&str>) -> Result<()> {
     }
     c.start_agents(|s| s.extra_args.extend(backend.map(str::to_string)))
         .await?;
+    // Count-only observer chains, for the mismatch reports of wrong cells.
+    palisade_lab::diagnose::install_flow_counters(&c.lab).map_err(Error::other)?;
     let setup = started.elapsed();
 
     let n = file.pods.len();
@@ -200,6 +225,16 @@ async fn run(family: IpFamily, backend: Option<&str>) -> Result<()> {
                         .failures
                         .push(format!("{at} {}/{}: {line}", probe.port, probe.protocol));
                 }
+                // What each node's agent and kernel held, for the first few wrong cells.
+                let agent_state = |i: usize| agent_summary(&c.agents[i]);
+                let room = MISMATCH_REPORTS.saturating_sub(tally.reports.len());
+                tally.reports.extend(rounds.explain_wrong(
+                    &c.lab,
+                    &expected,
+                    PROBE,
+                    &agent_state,
+                    room,
+                ));
             }
         }
     }
@@ -231,9 +266,10 @@ async fn run(family: IpFamily, backend: Option<&str>) -> Result<()> {
     }
     assert!(
         tally.failures.is_empty(),
-        "{} cells differ from the upstream expectations:\n  {}",
+        "{} cells differ from the upstream expectations:\n  {}\n\nMismatch reports:\n{}",
         tally.failures.len(),
-        tally.failures.join("\n  ")
+        tally.failures.join("\n  "),
+        tally.reports.join("\n")
     );
     Ok(())
 }

@@ -78,6 +78,44 @@ impl Rounds {
             .map(|&i| format!("{}, got {}", expected[i], self.outcomes[i]))
             .collect()
     }
+
+    /// Mismatch reports for the first `limit` wrong cells: each is probed once more, alone,
+    /// and explained at once ([`palisade_lab::diagnose::explain_probe`]: the probe's timing,
+    /// what `node_state` says of each node, conntrack, the flow's packets before and after
+    /// the policy chains, the rulesets in force). A cell that comes out right this time says
+    /// so: it was late, not wrong.
+    pub fn explain_wrong(
+        &self,
+        lab: &Lab,
+        expected: &[Expectation],
+        probe_timeout: Duration,
+        node_state: &dyn Fn(usize) -> String,
+        limit: usize,
+    ) -> Vec<String> {
+        self.wrong
+            .iter()
+            .take(limit)
+            .map(|&i| {
+                let e = &expected[i];
+                let request = ProbeRequest::new(e.from.clone(), e.to, e.port, e.protocol)
+                    .with_timeout(probe_timeout);
+                let (outcome, trace) = lab
+                    .probe_many_traced(std::slice::from_ref(&request))
+                    .remove(0);
+                let verdict = if outcome.is_connected() == e.allowed {
+                    "right when probed again for this report (late, not wrong)"
+                } else {
+                    "still wrong when probed again for this report"
+                };
+                format!(
+                    "{e}: {verdict}\n{}",
+                    palisade_lab::diagnose::explain_probe(
+                        lab, &request, &outcome, &trace, node_state, true
+                    )
+                )
+            })
+            .collect()
+    }
 }
 
 /// Probes every expectation (in parallel) in rounds until one round matches all of them,

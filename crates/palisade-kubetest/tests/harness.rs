@@ -1,6 +1,6 @@
 //! The harness's own parts, on loopback only: the proxy's cut and restore, metrics parsing,
 //! and (when kube-apiserver and etcd are available) the control plane's start, restart and
-//! etcd compaction. No root needed.
+//! etcd compaction (no root needed); and, as root, the mismatch report of a wrong cell.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -127,4 +127,47 @@ async fn control_plane_starts_restarts_and_compacts() {
     );
     let compacted = cp.compact_etcd().unwrap();
     assert!(compacted >= before);
+}
+
+/// A cell still wrong at the deadline gets a mismatch report: probed once more and
+/// explained with what the caller says of each node, conntrack and the flow's packets.
+/// (Root: a two-node lab with no policy, where a connection expected denied connects.)
+#[test]
+fn a_wrong_cell_is_explained() {
+    use palisade_kubetest::{Expectation, probe_rounds};
+    use palisade_lab::{Lab, LabPod, LabSpec, can_run_root_tests};
+    use palisade_model::{IpFamily, Protocol};
+    if !can_run_root_tests(true) {
+        return;
+    }
+    let (a, b) = ("x/a".parse().unwrap(), "x/b".parse().unwrap());
+    let lab = Lab::create(LabSpec {
+        pods: vec![
+            LabPod::new(a).on_node(0),
+            LabPod::new(b).on_node(1).with_ports([(80, Protocol::Tcp)]),
+        ],
+        ..LabSpec::default()
+    })
+    .expect("lab");
+    palisade_lab::diagnose::install_flow_counters(&lab).expect("observer");
+    let to = lab.pod_ip(&"x/b".parse().unwrap(), IpFamily::V4).unwrap();
+    let expected = vec![Expectation::tcp(&"x/a".parse().unwrap(), to, 80, false)];
+    let probe = Duration::from_millis(500);
+    let rounds = probe_rounds(&lab, &expected, probe, Duration::from_millis(300)).expect("probes");
+    assert_eq!(rounds.wrong, vec![0], "nothing denies it");
+    let state = |i: usize| format!("state of node {i} as the caller sees it");
+    let reports = rounds.explain_wrong(&lab, &expected, probe, &state, 5);
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    eprintln!("{report}");
+    for needle in [
+        "still wrong when probed again",
+        "state of node 0 as the caller sees it",
+        "state of node 1 as the caller sees it",
+        "conntrack on",
+        "<- this probe's 5-tuple",
+        "packets of this flow",
+    ] {
+        assert!(report.contains(needle), "no {needle:?} in:\n{report}");
+    }
 }

@@ -7,17 +7,21 @@
 //!   it counts each TCP/UDP flow's packets by conntrack state (new, or
 //!   established/related); after them (`filter + 100`) the packets that were let through.
 //!   Flows are keyed by the full 5-tuple, so the probe's source port picks out its packets.
-//! - [`flow_counters`], [`conntrack_entries`] and [`ruleset`] read one node's view.
+//! - [`flow_counters`], [`conntrack_entries`] and [`ruleset`] read one node's view;
+//!   [`explain_probe`] puts them together into the mismatch report of one probe (used by
+//!   the lab's enforcer and by the API-driven conformance, each saying what its nodes
+//!   applied).
 //!
 //! Everything here is bounded: one `nft` or `cat` per call, [`crate::RUN_TIMEOUT`] each, and
 //! listings cut at [`MAX_LINES`].
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
-use palisade_model::Protocol;
+use palisade_model::{IpFamily, Protocol};
 
-use crate::{Lab, LabError};
+use crate::{Lab, LabError, ProbeOutcome, ProbeRequest, ProbeTrace};
 
 /// The observer table's name (in family `inet`, in every node netns).
 pub const OBSERVER_TABLE: &str = "palisade_lab_observe";
@@ -283,6 +287,184 @@ fn strip_observer(text: &str) -> String {
         lines += 1;
     }
     out
+}
+
+/// Conntrack entries of other flows between the same addresses shown in a report.
+const OTHER_CONNTRACK_LINES: usize = 6;
+
+fn proto_word(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// Everything the lab can tell about one probe that just ran, for a report: the probe's
+/// own timing and source port; per node, what `node_state` says of it (the enforcer's
+/// applied generation, an agent's metrics), the conntrack entries between the two
+/// addresses (read first: they age), the packets of this exact flow (both directions)
+/// before and after the policy chains (needs [`install_flow_counters`]), and, when
+/// `rulesets`, the tables in force. Call it right after the probe, before anything
+/// changes. Multi-line, bounded (see [`MAX_LINES`]).
+pub fn explain_probe(
+    lab: &Lab,
+    request: &ProbeRequest,
+    outcome: &ProbeOutcome,
+    trace: &ProbeTrace,
+    node_state: &dyn Fn(usize) -> String,
+    rulesets: bool,
+) -> String {
+    let epoch = lab.epoch();
+    let at = |t: Instant| format!("+{:.3}s", t.saturating_duration_since(epoch).as_secs_f64());
+    let mut s = String::new();
+    let source = trace
+        .source
+        .map_or_else(|| "(no socket address)".to_string(), |a| a.to_string());
+    let to = std::net::SocketAddr::new(request.to, request.port);
+    let _ = writeln!(
+        s,
+        "probe {} {source} -> {to} from {}: {outcome} (timeout {} ms; times since the lab was created)",
+        request.protocol,
+        request.from,
+        request.timeout.as_millis()
+    );
+    let sent: Vec<String> = trace.sent.iter().map(|&t| at(t)).collect();
+    let _ = writeln!(
+        s,
+        "  started {}, sent {}, reply {}, ended {}{}",
+        trace.started.map_or("-".into(), at),
+        if sent.is_empty() {
+            "-".to_string()
+        } else {
+            sent.join(" and ")
+        },
+        trace.reply.map_or("none".into(), at),
+        trace.finished.map_or("-".into(), at),
+        if trace.stray_replies > 0 {
+            format!(
+                "; {} stray replies (not answering this probe) ignored",
+                trace.stray_replies
+            )
+        } else {
+            String::new()
+        }
+    );
+    for i in 0..lab.node_count() {
+        let name = &lab.node_names()[i];
+        let _ = writeln!(s, "  {name} ({}): {}", lab.node_netns(i), node_state(i));
+    }
+    let src_ip = trace.source.map(|a| a.ip()).or_else(|| {
+        let family = if request.to.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        };
+        lab.pod_ip(&request.from, family)
+    });
+    if let Some(src_ip) = src_ip {
+        for i in 0..lab.node_count() {
+            let name = &lab.node_names()[i];
+            match conntrack_entries(lab, i, src_ip, request.to) {
+                Ok(lines) if lines.is_empty() => {
+                    let _ = writeln!(
+                        s,
+                        "  conntrack on {name} between {src_ip} and {}: none",
+                        request.to
+                    );
+                }
+                Ok(lines) => {
+                    let _ = writeln!(
+                        s,
+                        "  conntrack on {name} between {src_ip} and {} (timeout left in s; delta-time = age in s):",
+                        request.to
+                    );
+                    // This probe's own 5-tuple first, then a few others.
+                    let mine = trace
+                        .source
+                        .map(|a| format!("sport={} dport={} ", a.port(), request.port));
+                    let (own, others): (Vec<String>, Vec<String>) =
+                        lines.into_iter().partition(|l| {
+                            mine.as_ref().is_some_and(|m| {
+                                l.contains(m)
+                                    && l.split_whitespace().nth(2)
+                                        == Some(proto_word(request.protocol))
+                            })
+                        });
+                    for l in &own {
+                        let _ = writeln!(s, "    {l}   <- this probe's 5-tuple");
+                    }
+                    for l in others.iter().take(OTHER_CONNTRACK_LINES) {
+                        let _ = writeln!(s, "    {l}");
+                    }
+                    if others.len() > OTHER_CONNTRACK_LINES {
+                        let _ = writeln!(
+                            s,
+                            "    ... and {} more entries between these addresses",
+                            others.len() - OTHER_CONNTRACK_LINES
+                        );
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "  conntrack on {name}: unavailable: {e}");
+                }
+            }
+        }
+    }
+    match trace.source {
+        Some(src) if request.protocol != Protocol::Sctp => {
+            let flow = FlowKey {
+                protocol: request.protocol,
+                src,
+                dst: to,
+            };
+            let _ = writeln!(
+                s,
+                "  packets of this flow in each node's forward hook (before the policy chains: new / established; after them: let through):"
+            );
+            for (label, f) in [("request", flow), ("reply", flow.reversed())] {
+                for i in 0..lab.node_count() {
+                    let counted = match flow_counters(lab, i, &f) {
+                        Ok(p) => format!(
+                            "new {}, established {}, let through {}",
+                            p.new, p.established, p.passed
+                        ),
+                        Err(e) => format!("unavailable: {e}"),
+                    };
+                    let _ = writeln!(
+                        s,
+                        "    {label:7} {} -> {} on {}: {counted}",
+                        f.src,
+                        f.dst,
+                        lab.node_names()[i]
+                    );
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(s, "  packets of this flow: unknown (no source port)");
+        }
+    }
+    if rulesets {
+        for i in 0..lab.node_count() {
+            let name = &lab.node_names()[i];
+            match ruleset(lab, i) {
+                Ok(text) if text.trim().is_empty() => {
+                    let _ = writeln!(s, "  ruleset in force on {name}: none");
+                }
+                Ok(text) => {
+                    let _ = writeln!(s, "  ruleset in force on {name}:");
+                    for l in text.lines() {
+                        let _ = writeln!(s, "    {l}");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "  ruleset on {name}: unavailable: {e}");
+                }
+            }
+        }
+    }
+    s
 }
 
 #[cfg(test)]

@@ -14,20 +14,10 @@ use palisade_ir::{
 };
 use palisade_model::{IpFamily, Key, Protocol};
 
-use crate::diagnose::{self, FlowKey};
+use crate::diagnose;
 use crate::{Lab, ProbeOutcome, ProbeRequest, ProbeTrace, SCTP_SKIP_REASON};
 
 /// Conntrack entries of a report besides the probe's own 5-tuple.
-const OTHER_CONNTRACK_LINES: usize = 6;
-
-fn proto_word(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
-}
-
 /// One probe as it ran: what was asked, what came of it, and its trace.
 pub type MeasuredProbe = (ProbeRequest, ProbeOutcome, ProbeTrace);
 
@@ -176,14 +166,9 @@ impl<'a> Enforcer<'a> {
         Ok((grid, measured))
     }
 
-    /// Everything the lab can tell about one probe that just ran, for a report: the probe's
-    /// own timing and source port; per node, the applied ruleset's generation and when that
-    /// apply completed, the conntrack entries between the two addresses (read first: they
-    /// age), the packets of this exact flow (both directions) before and after the policy
-    /// chains (needs [`diagnose::install_flow_counters`]), and, when `rulesets`, the tables
-    /// in force. Call it right
-    /// after the probe, before anything changes. Multi-line, bounded (see
-    /// [`diagnose::MAX_LINES`]).
+    /// Everything the lab can tell about one probe that just ran, for a report
+    /// ([`diagnose::explain_probe`]), with each node's applied ruleset: its generation and
+    /// when that apply completed. Call it right after the probe, before anything changes.
     pub fn explain_probe(
         &self,
         request: &ProbeRequest,
@@ -193,177 +178,33 @@ impl<'a> Enforcer<'a> {
     ) -> String {
         let epoch = self.lab.epoch();
         let at = |t: Instant| format!("+{:.3}s", t.saturating_duration_since(epoch).as_secs_f64());
-        let mut s = String::new();
-        let source = trace
-            .source
-            .map_or_else(|| "(no socket address)".to_string(), |a| a.to_string());
-        let to = std::net::SocketAddr::new(request.to, request.port);
-        let _ = writeln!(
-            s,
-            "probe {} {source} -> {to} from {}: {outcome} (timeout {} ms; times since the lab was created)",
-            request.protocol,
-            request.from,
-            request.timeout.as_millis()
-        );
-        let sent: Vec<String> = trace.sent.iter().map(|&t| at(t)).collect();
-        let _ = writeln!(
-            s,
-            "  started {}, sent {}, reply {}, ended {}{}",
-            trace.started.map_or("-".into(), at),
-            if sent.is_empty() {
-                "-".to_string()
-            } else {
-                sent.join(" and ")
-            },
-            trace.reply.map_or("none".into(), at),
-            trace.finished.map_or("-".into(), at),
-            if trace.stray_replies > 0 {
-                format!(
-                    "; {} stray replies (not answering this probe) ignored",
-                    trace.stray_replies
-                )
-            } else {
-                String::new()
-            }
-        );
-        for i in 0..self.lab.node_count() {
-            let name = &self.lab.node_names()[i];
-            let applied = match (self.applied(i), self.last_apply(i)) {
-                (Some(rs), Some(mark)) => {
-                    let st = rs.stats();
-                    let relative = match trace.started {
-                        Some(start) if mark.completed <= start => format!(
-                            "{} ms before the probe started",
-                            (start - mark.completed).as_millis()
-                        ),
-                        Some(start) => format!(
-                            "{} ms AFTER the probe started",
-                            (mark.completed - start).as_millis()
-                        ),
-                        None => String::new(),
-                    };
-                    format!(
-                        "generation {} ({} endpoints, {} rules, {} peer sets, {} port sets), apply completed {} ({relative})",
-                        mark.generation,
-                        st.endpoints,
-                        st.rules,
-                        st.peer_sets,
-                        st.port_sets,
-                        at(mark.completed)
-                    )
-                }
-                _ => "nothing applied".to_string(),
-            };
-            let _ = writeln!(s, "  {name} ({}): {applied}", self.lab.node_netns(i));
-        }
-        let src_ip = trace.source.map(|a| a.ip()).or_else(|| {
-            let family = if request.to.is_ipv4() {
-                IpFamily::V4
-            } else {
-                IpFamily::V6
-            };
-            self.lab.pod_ip(&request.from, family)
-        });
-        if let Some(src_ip) = src_ip {
-            for i in 0..self.lab.node_count() {
-                let name = &self.lab.node_names()[i];
-                match diagnose::conntrack_entries(self.lab, i, src_ip, request.to) {
-                    Ok(lines) if lines.is_empty() => {
-                        let _ = writeln!(
-                            s,
-                            "  conntrack on {name} between {src_ip} and {}: none",
-                            request.to
-                        );
-                    }
-                    Ok(lines) => {
-                        let _ = writeln!(
-                            s,
-                            "  conntrack on {name} between {src_ip} and {} (timeout left in s; delta-time = age in s):",
-                            request.to
-                        );
-                        // This probe's own 5-tuple first, then a few others.
-                        let mine = trace
-                            .source
-                            .map(|a| format!("sport={} dport={} ", a.port(), request.port));
-                        let (own, others): (Vec<String>, Vec<String>) =
-                            lines.into_iter().partition(|l| {
-                                mine.as_ref().is_some_and(|m| {
-                                    l.contains(m)
-                                        && l.split_whitespace().nth(2)
-                                            == Some(proto_word(request.protocol))
-                                })
-                            });
-                        for l in &own {
-                            let _ = writeln!(s, "    {l}   <- this probe's 5-tuple");
-                        }
-                        for l in others.iter().take(OTHER_CONNTRACK_LINES) {
-                            let _ = writeln!(s, "    {l}");
-                        }
-                        if others.len() > OTHER_CONNTRACK_LINES {
-                            let _ = writeln!(
-                                s,
-                                "    ... and {} more entries between these addresses",
-                                others.len() - OTHER_CONNTRACK_LINES
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        let _ = writeln!(s, "  conntrack on {name}: unavailable: {e}");
-                    }
-                }
-            }
-        }
-        match trace.source {
-            Some(src) if request.protocol != Protocol::Sctp => {
-                let flow = FlowKey {
-                    protocol: request.protocol,
-                    src,
-                    dst: to,
+        let applied = |i: usize| match (self.applied(i), self.last_apply(i)) {
+            (Some(rs), Some(mark)) => {
+                let st = rs.stats();
+                let relative = match trace.started {
+                    Some(start) if mark.completed <= start => format!(
+                        "{} ms before the probe started",
+                        (start - mark.completed).as_millis()
+                    ),
+                    Some(start) => format!(
+                        "{} ms AFTER the probe started",
+                        (mark.completed - start).as_millis()
+                    ),
+                    None => String::new(),
                 };
-                let _ = writeln!(
-                    s,
-                    "  packets of this flow in each node's forward hook (before the policy chains: new / established; after them: let through):"
-                );
-                for (label, f) in [("request", flow), ("reply", flow.reversed())] {
-                    for i in 0..self.lab.node_count() {
-                        let counted = match diagnose::flow_counters(self.lab, i, &f) {
-                            Ok(p) => format!(
-                                "new {}, established {}, let through {}",
-                                p.new, p.established, p.passed
-                            ),
-                            Err(e) => format!("unavailable: {e}"),
-                        };
-                        let _ = writeln!(
-                            s,
-                            "    {label:7} {} -> {} on {}: {counted}",
-                            f.src,
-                            f.dst,
-                            self.lab.node_names()[i]
-                        );
-                    }
-                }
+                format!(
+                    "generation {} ({} endpoints, {} rules, {} peer sets, {} port sets), apply completed {} ({relative})",
+                    mark.generation,
+                    st.endpoints,
+                    st.rules,
+                    st.peer_sets,
+                    st.port_sets,
+                    at(mark.completed)
+                )
             }
-            _ => {
-                let _ = writeln!(s, "  packets of this flow: unknown (no source port)");
-            }
-        }
-        if rulesets {
-            for i in 0..self.lab.node_count() {
-                let name = &self.lab.node_names()[i];
-                match diagnose::ruleset(self.lab, i) {
-                    Ok(text) => {
-                        let _ = writeln!(s, "  ruleset in force on {name}:");
-                        for l in text.lines() {
-                            let _ = writeln!(s, "    {l}");
-                        }
-                    }
-                    Err(e) => {
-                        let _ = writeln!(s, "  ruleset on {name}: unavailable: {e}");
-                    }
-                }
-            }
-        }
-        s
+            _ => "nothing applied".to_string(),
+        };
+        diagnose::explain_probe(self.lab, request, outcome, trace, &applied, rulesets)
     }
 
     /// The model pods' node names, for the conformance runner.
