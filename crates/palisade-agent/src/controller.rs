@@ -360,8 +360,9 @@ impl Controller {
     }
 }
 
-/// The counter thread's loop: a read, then a wait of `every`, until `stop` fires or its
-/// sender is dropped.
+/// The counter thread's loop: a read every `every` (start to start), but never more than
+/// half the time reading (a listing slower than the interval is not run back to back),
+/// until `stop` fires or its sender is dropped.
 fn read_counters_until_stopped(
     mut reader: Box<dyn CounterReader>,
     metrics: &Metrics,
@@ -372,7 +373,8 @@ fn read_counters_until_stopped(
         let started = Instant::now();
         let read = reader.counters();
         publish_counters(metrics, read, started);
-        match stop.recv_timeout(every.saturating_sub(started.elapsed())) {
+        let took = started.elapsed();
+        match stop.recv_timeout(every.saturating_sub(took).max(took)) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
