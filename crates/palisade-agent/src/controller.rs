@@ -1,16 +1,21 @@
 //! The controller: applies source events to the engine state, batches them, compiles the
 //! node's IR and moves the dataplane to it. Runs on its own thread: the dataplane's
-//! applies are blocking, and one consumer keeps the order of events.
+//! applies are blocking, and one consumer keeps the order of events. The dataplane's
+//! counters are read on a thread of their own when the backend has a
+//! [`palisade_ir::CounterReader`] (a read can take a second at 10,000 policies, and an
+//! event must not wait for it); otherwise between applies.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use palisade_engine::Kind;
 use palisade_engine::{ClusterState, LiveState};
-use palisade_ir::{Dataplane, DataplaneError, Reconciled, Reconciler, ReconcilerConfig};
+use palisade_ir::{
+    CounterReader, Dataplane, DataplaneError, Reconciled, Reconciler, ReconcilerConfig,
+};
 use palisade_model::{Key, Object};
 
 use crate::metrics::Metrics;
@@ -99,6 +104,8 @@ pub struct Controller {
     health: Arc<Health>,
     counters_read: Option<Instant>,
     counters_every: Duration,
+    /// True while a [`CounterReader`] thread reads the counters (housekeeping does not).
+    counters_on_thread: bool,
     events: Option<Arc<crate::events::EventHub>>,
 }
 
@@ -133,6 +140,7 @@ impl Controller {
             health,
             counters_read: None,
             counters_every: COUNTERS_INTERVAL,
+            counters_on_thread: false,
             events: None,
         }
     }
@@ -169,15 +177,14 @@ impl Controller {
         {
             self.sync(&[]);
         }
-        if self
-            .counters_read
-            .is_none_or(|at| now >= at + self.counters_every)
+        if !self.counters_on_thread
+            && self
+                .counters_read
+                .is_none_or(|at| now >= at + self.counters_every)
         {
             self.counters_read = Some(now);
-            match self.reconciler.counters() {
-                Ok(c) => self.metrics.set_counters(&c),
-                Err(e) => tracing::debug!(error = %e, "counters not read"),
-            }
+            let read = self.reconciler.counters();
+            publish_counters(&self.metrics, read, now);
         }
         if self.reconciler.failing() {
             return RETRY_INTERVAL;
@@ -199,6 +206,7 @@ impl Controller {
         batch: BatchConfig,
         cleanup_on_exit: bool,
     ) -> Result<(), DataplaneError> {
+        let counter_thread = self.start_counter_reader();
         let mut sources_gone = false;
         loop {
             if stop.try_recv().is_ok() {
@@ -240,6 +248,13 @@ impl Controller {
                 self.sync(&arrived);
             }
         }
+        if let Some((stop, thread)) = counter_thread {
+            // Stops after the read in progress, if any (bounded: a read ends).
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("the counter reader thread panicked");
+            }
+        }
         if cleanup_on_exit {
             tracing::info!("removing rules (--cleanup-on-exit)");
             self.reconciler.remove()?;
@@ -247,6 +262,33 @@ impl Controller {
             tracing::info!("leaving rules in place");
         }
         Ok(())
+    }
+
+    /// Starts reading the counters every `counters_every` on a thread of its own, if the
+    /// backend has a reader; returns what stops it (drop the sender) and its handle.
+    fn start_counter_reader(&mut self) -> Option<(Sender<()>, std::thread::JoinHandle<()>)> {
+        let reader = match self.reconciler.counter_reader() {
+            Ok(reader) => reader,
+            Err(e) => {
+                tracing::debug!(error = %e, "counters are read between applies");
+                return None;
+            }
+        };
+        let (stop_tx, stop_rx) = channel();
+        let (metrics, every) = (self.metrics.clone(), self.counters_every);
+        match std::thread::Builder::new()
+            .name("palisade-counters".into())
+            .spawn(move || read_counters_until_stopped(reader, &metrics, every, &stop_rx))
+        {
+            Ok(handle) => {
+                self.counters_on_thread = true;
+                Some((stop_tx, handle))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no counter thread; counters are read between applies");
+                None
+            }
+        }
     }
 
     /// Feeds one change into the engine state.
@@ -315,6 +357,42 @@ impl Controller {
                 tracing::error!(error = %e, "apply failed; the previous rules stay in place, retrying in full");
             }
         }
+    }
+}
+
+/// The counter thread's loop: a read every `every` (start to start), but never more than
+/// half the time reading (a listing slower than the interval is not run back to back),
+/// until `stop` fires or its sender is dropped.
+fn read_counters_until_stopped(
+    mut reader: Box<dyn CounterReader>,
+    metrics: &Metrics,
+    every: Duration,
+    stop: &Receiver<()>,
+) {
+    loop {
+        let started = Instant::now();
+        let read = reader.counters();
+        publish_counters(metrics, read, started);
+        let took = started.elapsed();
+        match stop.recv_timeout(every.saturating_sub(took).max(took)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn publish_counters(
+    metrics: &Metrics,
+    read: Result<palisade_ir::Counters, DataplaneError>,
+    started: Instant,
+) {
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match read {
+        Ok(c) => {
+            metrics.set_counters(&c);
+            tracing::debug!(elapsed_ms, "counters read");
+        }
+        Err(e) => tracing::debug!(error = %e, elapsed_ms, "counters not read"),
     }
 }
 
@@ -476,6 +554,74 @@ mod tests {
         stop.send(()).unwrap();
         handle.join().unwrap().unwrap();
         assert_eq!(rec.calls().last().unwrap(), "remove");
+    }
+
+    #[test]
+    fn a_slow_counter_read_does_not_delay_an_apply() {
+        let rec = Recorder::default();
+        let release = rec.block_counter_reads();
+        let metrics = Arc::new(Metrics::new());
+        let c = Controller::new(
+            "n1".into(),
+            Box::new(rec.clone()),
+            ReconcilerConfig::default(),
+            metrics.clone(),
+            Arc::new(Health::default()),
+        )
+        .with_counters_every(Duration::from_millis(10));
+        let (tx, rx) = channel();
+        let (stop_tx, stop_rx) = channel();
+        let handle = std::thread::spawn(move || c.run(rx, stop_rx, BatchConfig::default(), false));
+        initial_lists(&tx);
+        assert_eq!(wait_calls(&rec, 1), ["full 1"]);
+        // A read is under way, and stays so until the test answers it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rec.counter_reads().0 == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(rec.counter_reads(), (1, 0), "one read started, none done");
+        send(&tx, Change::Apply(deny_all()));
+        assert_eq!(
+            wait_calls(&rec, 2),
+            ["full 1", "update 1"],
+            "the event was applied while the counter read was blocked"
+        );
+        assert_eq!(rec.counter_reads(), (1, 0), "the read was still blocked");
+        // The read's result reaches /metrics once it returns.
+        let origin = palisade_ir::RuleOrigin {
+            policy_namespace: "ns".into(),
+            policy_name: "p".into(),
+            direction: palisade_ir::Direction::Ingress,
+            rule_index: 0,
+        };
+        let mut counters = palisade_ir::Counters::default();
+        counters.allowed.insert(
+            origin,
+            palisade_ir::Count {
+                packets: 7,
+                bytes: 420,
+            },
+        );
+        release.send(counters).unwrap();
+        // The next read starts after the first one's result is published.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rec.counter_reads().0 < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let line = metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with("palisade_rule_allowed_packets{"))
+            .map(str::to_string);
+        let line = line.expect("the rule's counter in /metrics");
+        assert!(
+            line.contains("policy=\"p\"") && line.ends_with(" 7"),
+            "{line}"
+        );
+        // Stopping waits for the read in progress only; dropping the sender fails it.
+        drop(release);
+        stop_tx.send(()).unwrap();
+        handle.join().unwrap().unwrap();
     }
 
     #[test]

@@ -75,6 +75,11 @@ pub trait IptablesExecutor {
             "this executor cannot read NFLOG group {group}"
         )))
     }
+    /// Another executor for the same kernel, for reading (`save`) from another thread
+    /// while this one applies; `None` when there is none (a fake's state lives inside it).
+    fn reader(&self) -> Option<Box<dyn IptablesExecutor + Send>> {
+        None
+    }
 }
 
 /// Bound of one tool run (a full apply at 10,000 pods takes well under this).
@@ -203,6 +208,10 @@ fn run(
 impl IptablesExecutor for SystemIptables {
     fn mode(&self) -> IptablesMode {
         self.mode
+    }
+
+    fn reader(&self) -> Option<Box<dyn IptablesExecutor + Send>> {
+        Some(Box::new(self.clone()))
     }
 
     fn open_events(&mut self, group: u16) -> Result<Box<dyn EventSource>, IptablesError> {

@@ -34,9 +34,12 @@ mod exec;
 mod plan;
 mod render;
 
+use std::sync::{Arc, Mutex};
+
 use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
-    ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff,
+    ApplyReport, Count, CounterReader, Counters, Dataplane, DataplaneError, NodeRuleset,
+    RulesetDiff,
 };
 
 pub use canonical::canonical_state;
@@ -62,7 +65,10 @@ pub fn render_update(current: &NodeRuleset, desired: &NodeRuleset) -> Rendered {
 #[derive(Debug)]
 pub struct IptablesDataplane<E: IptablesExecutor> {
     executor: E,
-    applied: Option<Plan>,
+    applied: Option<Arc<Plan>>,
+    /// The plan the kernel holds, for [`IptablesCounterReader`]s on other threads: the last
+    /// applied one (kept when an apply fails).
+    published: Arc<Mutex<Option<Arc<Plan>>>>,
     /// Verdict events through NFLOG (see [`palisade_ir::events`]); `None`: no logging.
     events: Option<EventConfig>,
 }
@@ -92,8 +98,16 @@ impl<E: IptablesExecutor> IptablesDataplane<E> {
         IptablesDataplane {
             executor,
             applied: None,
+            published: Arc::default(),
             events: None,
         }
+    }
+
+    /// Records `plan` as applied, here and for the counter readers.
+    fn set_applied(&mut self, plan: Option<Plan>) {
+        let plan = plan.map(Arc::new);
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = plan.clone();
+        self.applied = plan;
     }
 
     /// Reports verdict events as `events` says (NFLOG rules beside the verdicts).
@@ -203,7 +217,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let undo_v4 = render::undo_full_table(&plan, &view, 0);
         self.run(&rendered, [&undo_v4, ""])
             .map_err(|e| failed(backend, action, e))?;
-        self.applied = Some(plan);
+        self.set_applied(Some(plan));
         Ok(ApplyReport {
             full: true,
             operations: rendered.operations,
@@ -222,7 +236,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let old = self
             .applied
             .take()
-            .unwrap_or_else(|| plan::plan(current, self.events.as_ref()));
+            .unwrap_or_else(|| Arc::new(plan::plan(current, self.events.as_ref())));
         // Sets and endpoints the diff does not name are taken from the old plan as they
         // are; the rest is planned anew, then the two plans are compared.
         let changed_sets: std::collections::BTreeSet<palisade_ir::SetId> = diff
@@ -248,7 +262,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         );
         let rendered = render::update(&old, &new);
         if rendered.operations == 0 {
-            self.applied = Some(new);
+            self.set_applied(Some(new));
             return Ok(ApplyReport {
                 full: false,
                 operations: 0,
@@ -257,7 +271,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         let (undo_v4, _) = render::table_update(&new.tables[0], &old.tables[0]);
         match self.run(&rendered, [&undo_v4, ""]) {
             Ok(()) => {
-                self.applied = Some(new);
+                self.set_applied(Some(new));
                 Ok(ApplyReport {
                     full: false,
                     operations: rendered.operations,
@@ -301,7 +315,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
         self.executor
             .ipset_restore(&destroys)
             .map_err(|e| failed(backend, action, e.to_string()))?;
-        self.applied = None;
+        self.set_applied(None);
         Ok(())
     }
 
@@ -338,49 +352,125 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
 
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
         let backend = self.backend();
-        let action = "reading the counters of Palisade's chains";
-        let mut counters = Counters::default();
         let Some(plan) = self.applied.clone() else {
-            return Ok(counters);
+            return Ok(Counters::default());
         };
-        for family in Family::BOTH {
-            let save = self
-                .executor
-                .save(family)
-                .map_err(|e| failed(backend, action, e.to_string()))?;
-            let table = &plan.tables[family.index()];
-            for (chain, index, count) in canonical::rule_counters(&save) {
-                let Some(owner) = table
-                    .chains
-                    .get(&chain)
-                    .and_then(|rules| rules.get(index))
-                    .and_then(|r| r.counter.clone())
-                else {
-                    continue;
-                };
-                match owner {
-                    CounterOwner::Rule(origin) => {
-                        add(counters.allowed.entry(origin).or_default(), count)
-                    }
-                    CounterOwner::DefaultDeny(endpoint, direction) => add(
-                        counters
-                            .default_deny
-                            .entry((endpoint, direction))
-                            .or_default(),
-                        count,
-                    ),
-                    CounterOwner::AuditDenied(endpoint, direction) => add(
-                        counters
-                            .audit_denied
-                            .entry((endpoint, direction))
-                            .or_default(),
-                        count,
-                    ),
+        let saves = save_for_counters(&mut self.executor, backend)?;
+        Ok(counters_of(&saves, &plan))
+    }
+
+    /// Reads with another executor of the same kernel ([`IptablesExecutor::reader`]) and
+    /// names the counters after the plan last applied.
+    fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DataplaneError> {
+        let backend = self.backend();
+        let executor = self.executor.reader().ok_or(DataplaneError::Unsupported {
+            backend,
+            what: "reading counters apart from applies with this executor",
+        })?;
+        Ok(Box::new(IptablesCounterReader {
+            executor,
+            backend,
+            plan: self.published.clone(),
+        }))
+    }
+}
+
+/// Reads an [`IptablesDataplane`]'s counters on another thread (see
+/// [`Dataplane::counter_reader`]).
+pub struct IptablesCounterReader {
+    executor: Box<dyn IptablesExecutor + Send>,
+    backend: &'static str,
+    plan: Arc<Mutex<Option<Arc<Plan>>>>,
+}
+
+impl std::fmt::Debug for IptablesCounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IptablesCounterReader")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IptablesCounterReader {
+    fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl CounterReader for IptablesCounterReader {
+    /// Named after the plan in force before and after the listing; when an apply landed
+    /// in between, read once more (should that overlap an apply too, the newer plan names
+    /// it: the rule positions of a chain that changed may be off for that one read).
+    fn counters(&mut self) -> Result<Counters, DataplaneError> {
+        let mut before = self.plan();
+        for attempt in 0..2 {
+            let Some(plan) = before else {
+                return Ok(Counters::default());
+            };
+            let saves = save_for_counters(self.executor.as_mut(), self.backend)?;
+            let after = self.plan();
+            match after {
+                Some(now) if Arc::ptr_eq(&now, &plan) || attempt == 1 => {
+                    return Ok(counters_of(&saves, &now));
                 }
+                _ => before = after,
             }
         }
-        Ok(counters)
+        Ok(Counters::default())
     }
+}
+
+/// `iptables-save -c` of both families, indexed by [`Family::index`].
+fn save_for_counters<E: IptablesExecutor + ?Sized>(
+    executor: &mut E,
+    backend: &'static str,
+) -> Result<[String; 2], DataplaneError> {
+    let action = "reading the counters of Palisade's chains";
+    let mut saves: [String; 2] = Default::default();
+    for family in Family::BOTH {
+        saves[family.index()] = executor
+            .save(family)
+            .map_err(|e| failed(backend, action, e.to_string()))?;
+    }
+    Ok(saves)
+}
+
+/// The counters of `saves`, named after `plan`.
+fn counters_of(saves: &[String; 2], plan: &Plan) -> Counters {
+    let mut counters = Counters::default();
+    for family in Family::BOTH {
+        let table = &plan.tables[family.index()];
+        for (chain, index, count) in canonical::rule_counters(&saves[family.index()]) {
+            let Some(owner) = table
+                .chains
+                .get(&chain)
+                .and_then(|rules| rules.get(index))
+                .and_then(|r| r.counter.clone())
+            else {
+                continue;
+            };
+            match owner {
+                CounterOwner::Rule(origin) => {
+                    add(counters.allowed.entry(origin).or_default(), count)
+                }
+                CounterOwner::DefaultDeny(endpoint, direction) => add(
+                    counters
+                        .default_deny
+                        .entry((endpoint, direction))
+                        .or_default(),
+                    count,
+                ),
+                CounterOwner::AuditDenied(endpoint, direction) => add(
+                    counters
+                        .audit_denied
+                        .entry((endpoint, direction))
+                        .or_default(),
+                    count,
+                ),
+            }
+        }
+    }
+    counters
 }
 
 fn add(total: &mut Count, count: Count) {

@@ -338,3 +338,46 @@ fn invalid_rulesets_are_refused_before_anything_runs() {
     assert!(err.to_string().contains("iptables"), "{err}");
     assert!(dp.executor().restores.is_empty() && dp.executor().ipset_inputs.is_empty());
 }
+
+/// Against the real tools, in a throwaway namespace (never the host's rules): a counter
+/// reader (another executor, read from another thread) reads what the dataplane reads,
+/// named after the last apply: nothing before the first apply and after a removal.
+#[test]
+fn a_counter_reader_reads_what_the_dataplane_reads() {
+    if !common::kernel_available("a_counter_reader_reads_what_the_dataplane_reads") {
+        return;
+    }
+    let ns = common::Netns::new();
+    let fixtures = common::fixtures();
+    let (a, b) = (&fixtures[1].1, &common::combined());
+    let mut dp = IptablesDataplane::new(palisade_iptables::SystemIptables::new(
+        Some(&ns.name),
+        Some(palisade_iptables::IptablesMode::Nft),
+    ));
+    let mut reader = dp.counter_reader().expect("SystemIptables has a reader");
+    let read = |reader: &mut Box<dyn palisade_ir::CounterReader>| {
+        std::thread::scope(|s| {
+            s.spawn(|| reader.counters().expect("reader"))
+                .join()
+                .unwrap()
+        })
+    };
+    assert_eq!(read(&mut reader), palisade_ir::Counters::default());
+
+    dp.apply_full(a).expect("apply_full");
+    let after_a = dp.counters().expect("counters");
+    assert!(
+        !after_a.allowed.is_empty() && !after_a.default_deny.is_empty(),
+        "{after_a:?}"
+    );
+    assert_eq!(read(&mut reader), after_a);
+
+    dp.apply_update(a, b, &RulesetDiff::between(a, b))
+        .expect("apply_update");
+    let after_b = dp.counters().expect("counters");
+    assert_ne!(after_a, after_b, "the fixtures have other rules");
+    assert_eq!(read(&mut reader), after_b);
+
+    dp.remove().expect("remove");
+    assert_eq!(read(&mut reader), palisade_ir::Counters::default());
+}

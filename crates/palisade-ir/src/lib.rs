@@ -570,6 +570,23 @@ pub trait Dataplane: Send {
             what: "verdict events",
         })
     }
+    /// A reader of this backend's counters that works on another thread while this
+    /// dataplane keeps applying: a counter read (nft lists a whole table) must never hold
+    /// up enforcement. It reads what the kernel holds and names counters after the latest
+    /// successful apply. The default has none: callers then read [`Dataplane::counters`]
+    /// between applies.
+    fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DataplaneError> {
+        Err(DataplaneError::Unsupported {
+            backend: self.name(),
+            what: "reading counters apart from applies",
+        })
+    }
+}
+
+/// Reads a backend's counters apart from the backend (see [`Dataplane::counter_reader`]).
+pub trait CounterReader: Send {
+    /// The packet counters of what is installed, as [`Dataplane::counters`] reads them.
+    fn counters(&mut self) -> Result<Counters, DataplaneError>;
 }
 
 /// Fixtures shared by this crate's unit tests.

@@ -175,6 +175,11 @@ impl Reconciler {
         self.dataplane.counters()
     }
 
+    /// The backend's counter reader for another thread ([`Dataplane::counter_reader`]).
+    pub fn counter_reader(&mut self) -> Result<Box<dyn crate::CounterReader>, DataplaneError> {
+        self.dataplane.counter_reader()
+    }
+
     /// The backend's verdict events ([`Dataplane::events`]).
     pub fn events(&mut self) -> Result<Box<dyn crate::events::EventSource>, DataplaneError> {
         self.dataplane.events()

@@ -42,10 +42,12 @@ mod plan;
 mod render;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
-    ApplyReport, Count, Counters, Dataplane, DataplaneError, NodeRuleset, RulesetDiff, SetId,
+    ApplyReport, Count, CounterReader, Counters, Dataplane, DataplaneError, NodeRuleset,
+    RulesetDiff, SetId,
 };
 
 pub use canonical::canonical_listing;
@@ -115,7 +117,10 @@ const BACKEND: &str = "nft";
 pub struct NftDataplane<E: NftExecutor> {
     executor: E,
     config: Config,
-    applied: Option<Plan>,
+    applied: Option<Arc<Plan>>,
+    /// The plan the kernel holds, for [`NftCounterReader`]s on other threads: the last
+    /// applied one (kept after a failed apply, which leaves the kernel as it was).
+    published: Arc<Mutex<Option<Arc<Plan>>>>,
 }
 
 impl<E: NftExecutor> NftDataplane<E> {
@@ -124,7 +129,15 @@ impl<E: NftExecutor> NftDataplane<E> {
             executor,
             config,
             applied: None,
+            published: Arc::default(),
         }
+    }
+
+    /// Records `plan` as applied, here and for the counter readers.
+    fn set_applied(&mut self, plan: Option<Plan>) {
+        let plan = plan.map(Arc::new);
+        *self.published.lock().unwrap_or_else(|p| p.into_inner()) = plan.clone();
+        self.applied = plan;
     }
 
     pub fn config(&self) -> &Config {
@@ -186,7 +199,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
         self.executor
             .run(&script.text)
             .map_err(|e| failed(&action, e.to_string()))?;
-        self.applied = Some(plan);
+        self.set_applied(Some(plan));
         Ok(ApplyReport {
             full: true,
             operations: script.operations,
@@ -204,7 +217,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
         let old = self
             .applied
             .take()
-            .unwrap_or_else(|| plan_of(current, &self.config));
+            .unwrap_or_else(|| Arc::new(plan_of(current, &self.config)));
         let changed_sets: BTreeSet<SetId> = diff
             .peer_set_members
             .keys()
@@ -220,7 +233,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
         .plan();
         let script = render::update(&old, &new, &self.config.table);
         if script.operations == 0 {
-            self.applied = Some(new);
+            self.set_applied(Some(new));
             return Ok(ApplyReport {
                 full: false,
                 operations: 0,
@@ -228,7 +241,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
         }
         match self.executor.run(&script.text) {
             Ok(_) => {
-                self.applied = Some(new);
+                self.set_applied(Some(new));
                 Ok(ApplyReport {
                     full: false,
                     operations: script.operations,
@@ -256,7 +269,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
         self.executor
             .run(&render_remove(&self.config))
             .map_err(|e| failed(&action, e.to_string()))?;
-        self.applied = None;
+        self.set_applied(None);
         Ok(())
     }
 
@@ -281,33 +294,108 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
     }
 
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
-        let action = format!("reading the counters of table inet {}", self.config.table);
         let Some(plan) = &self.applied else {
             return Ok(Counters::default());
         };
-        let listing = self
-            .executor
-            .list_table(&self.config.table)
-            .map_err(|e| failed(&action, e.to_string()))?;
-        let mut counters = Counters::default();
-        for (chain, count) in parse_chain_counters(&listing) {
-            match plan.chains.get(&chain).and_then(|c| c.counter.clone()) {
-                Some(CounterOwner::Rule(origin)) => {
-                    let c = counters.allowed.entry(origin).or_default();
-                    c.packets += count.packets;
-                    c.bytes += count.bytes;
+        let listing = list_for_counters(&mut self.executor, &self.config.table)?;
+        Ok(counters_of(&listing, plan))
+    }
+
+    /// Reads with another executor of the same kernel ([`NftExecutor::reader`]) and names
+    /// the counters after the plan last applied.
+    fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DataplaneError> {
+        let executor = self.executor.reader().ok_or(DataplaneError::Unsupported {
+            backend: BACKEND,
+            what: "reading counters apart from applies with this executor",
+        })?;
+        Ok(Box::new(NftCounterReader {
+            executor,
+            table: self.config.table.clone(),
+            plan: self.published.clone(),
+        }))
+    }
+}
+
+/// Reads an [`NftDataplane`]'s counters on another thread (see
+/// [`Dataplane::counter_reader`]).
+pub struct NftCounterReader {
+    executor: Box<dyn NftExecutor + Send>,
+    table: String,
+    plan: Arc<Mutex<Option<Arc<Plan>>>>,
+}
+
+impl std::fmt::Debug for NftCounterReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NftCounterReader")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NftCounterReader {
+    fn plan(&self) -> Option<Arc<Plan>> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl CounterReader for NftCounterReader {
+    /// The listing is named after the plan in force before and after it. An apply landing
+    /// during the listing leaves it unclear which plan the listing shows (an endpoint
+    /// chain's counter can change from default deny to audit), so the read is made again,
+    /// once; should that overlap an apply too, the newer plan names it (chain names are
+    /// derived from the rule or the endpoint and direction, so at most that kind is off for
+    /// one read).
+    fn counters(&mut self) -> Result<Counters, DataplaneError> {
+        let mut before = self.plan();
+        for attempt in 0..2 {
+            let Some(plan) = before else {
+                return Ok(Counters::default());
+            };
+            let listing = list_for_counters(self.executor.as_mut(), &self.table)?;
+            let after = self.plan();
+            match after {
+                Some(now) if Arc::ptr_eq(&now, &plan) || attempt == 1 => {
+                    return Ok(counters_of(&listing, &now));
                 }
-                Some(CounterOwner::DefaultDeny(endpoint, direction)) => {
-                    counters.default_deny.insert((endpoint, direction), count);
-                }
-                Some(CounterOwner::AuditDenied(endpoint, direction)) => {
-                    counters.audit_denied.insert((endpoint, direction), count);
-                }
-                None => {}
+                _ => before = after,
             }
         }
-        Ok(counters)
+        Ok(Counters::default())
     }
+}
+
+fn list_for_counters<E: NftExecutor + ?Sized>(
+    executor: &mut E,
+    table: &str,
+) -> Result<String, DataplaneError> {
+    executor.list_table_terse(table).map_err(|e| {
+        failed(
+            &format!("reading the counters of table inet {table}"),
+            e.to_string(),
+        )
+    })
+}
+
+/// The counters of `listing` (the table, terse or not), named after `plan`.
+fn counters_of(listing: &str, plan: &Plan) -> Counters {
+    let mut counters = Counters::default();
+    for (chain, count) in parse_chain_counters(listing) {
+        match plan.chains.get(&chain).and_then(|c| c.counter.clone()) {
+            Some(CounterOwner::Rule(origin)) => {
+                let c = counters.allowed.entry(origin).or_default();
+                c.packets += count.packets;
+                c.bytes += count.bytes;
+            }
+            Some(CounterOwner::DefaultDeny(endpoint, direction)) => {
+                counters.default_deny.insert((endpoint, direction), count);
+            }
+            Some(CounterOwner::AuditDenied(endpoint, direction)) => {
+                counters.audit_denied.insert((endpoint, direction), count);
+            }
+            None => {}
+        }
+    }
+    counters
 }
 
 /// `chain NAME {` ... `counter packets N bytes M` from `nft list table`: the (last)

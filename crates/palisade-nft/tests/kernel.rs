@@ -215,3 +215,42 @@ fn full_apply_replaces_a_foreign_table_of_the_same_name() {
         canonical(&listing)
     );
 }
+
+/// A counter reader (another executor, another thread's view) reads what the dataplane
+/// reads, named after the last apply: nothing before the first and after a removal.
+#[test]
+fn a_counter_reader_reads_what_the_dataplane_reads() {
+    if !common::kernel_available("a_counter_reader_reads_what_the_dataplane_reads") {
+        return;
+    }
+    let ns = Netns::new();
+    let fixtures = common::fixtures();
+    let (a, b) = (&fixtures[1].1, &common::combined());
+    let mut dp = NftDataplane::new(ns.nft(), Config::default());
+    let mut reader = dp.counter_reader().expect("SystemNft has a reader");
+    let read = |reader: &mut Box<dyn palisade_ir::CounterReader>| {
+        std::thread::scope(|s| {
+            s.spawn(|| reader.counters().expect("reader"))
+                .join()
+                .unwrap()
+        })
+    };
+    assert_eq!(read(&mut reader), palisade_ir::Counters::default());
+
+    dp.apply_full(a).expect("apply_full");
+    let after_a = dp.counters().expect("counters");
+    assert!(
+        !after_a.allowed.is_empty() && !after_a.default_deny.is_empty(),
+        "{after_a:?}"
+    );
+    assert_eq!(read(&mut reader), after_a);
+
+    dp.apply_update(a, b, &RulesetDiff::between(a, b))
+        .expect("apply_update");
+    let after_b = dp.counters().expect("counters");
+    assert_ne!(after_a, after_b, "the fixtures have other rules");
+    assert_eq!(read(&mut reader), after_b);
+
+    dp.remove().expect("remove");
+    assert_eq!(read(&mut reader), palisade_ir::Counters::default());
+}
