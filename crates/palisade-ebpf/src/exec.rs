@@ -70,6 +70,11 @@ pub trait BpfExecutor: Send {
     fn is_loaded(&mut self) -> bool;
     /// Detaches everything and unpins every program and map: nothing of ours is left.
     fn remove_all(&mut self) -> Result<(), BpfError>;
+    /// Another executor for the same maps, for reading counters from another thread while
+    /// this one applies; `None` when there is none (a fake's state lives inside it).
+    fn reader(&self) -> Option<Box<dyn BpfExecutor>> {
+        None
+    }
     /// A reader of the verdict events ring buffer (`pal_events`), once prepared.
     fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
         Err(BpfError::Other(
@@ -1207,6 +1212,16 @@ impl BpfExecutor for SystemBpf {
     }
     fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
         Ok(Box::new(RingEvents::open(&self.map_pin(MapKind::Events))?))
+    }
+
+    fn reader(&self) -> Option<Box<dyn BpfExecutor>> {
+        // Map handles are opened afresh from the pins.
+        Some(Box::new(SystemBpf {
+            netns: self.netns.clone(),
+            dir: self.dir.clone(),
+            force_clsact: self.force_clsact,
+            maps: HashMap::new(),
+        }))
     }
 }
 

@@ -80,11 +80,12 @@ mod plan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use palisade_ir::events::{EventConfig, EventSource, EventTag};
 use palisade_ir::{
-    ApplyReport, Count, Counters, Dataplane, DataplaneError, Direction, NodeRuleset, RulesetDiff,
-    SetId,
+    ApplyReport, Count, CounterReader, Counters, Dataplane, DataplaneError, Direction, NodeRuleset,
+    RuleOrigin, RulesetDiff, SetId,
 };
 
 pub use exec::{
@@ -159,6 +160,63 @@ pub struct EbpfDataplane<E: BpfExecutor> {
     /// How many origins' tags this instance wrote into `pal_origin_tags` (they only grow,
     /// like the origin ids).
     origin_tags_written: usize,
+    /// What the counter slots are named after the last apply, for counter readers.
+    published: Arc<Mutex<Arc<CounterNames>>>,
+}
+
+/// What the counter maps' indexes stand for: RuleOrigin id - 1 and endpoint slot.
+#[derive(Debug, Default)]
+struct CounterNames {
+    origins: Vec<RuleOrigin>,
+    slots: Vec<String>,
+}
+
+/// The counters the maps hold, named by `names`.
+fn read_counters(
+    executor: &mut dyn BpfExecutor,
+    names: &CounterNames,
+) -> Result<Counters, BpfError> {
+    let mut c = Counters::default();
+    for (i, origin) in names.origins.iter().enumerate() {
+        let (packets, bytes) = executor.count(MapKind::AllowCounts, i as u32 + 1)?;
+        if packets > 0 {
+            let e = c.allowed.entry(origin.clone()).or_default();
+            e.packets += packets;
+            e.bytes += bytes;
+        }
+    }
+    for (slot, name) in names.slots.iter().enumerate() {
+        for (d, dir) in [(0u32, Direction::Ingress), (1, Direction::Egress)] {
+            for (map, out) in [
+                (MapKind::DenyCounts, &mut c.default_deny),
+                (MapKind::AuditCounts, &mut c.audit_denied),
+            ] {
+                let (packets, bytes) = executor.count(map, slot as u32 * 2 + d)?;
+                if packets > 0 {
+                    out.insert((name.clone(), dir), Count { packets, bytes });
+                }
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Reads an [`EbpfDataplane`]'s counters on another thread (see
+/// [`Dataplane::counter_reader`]): its own map handles, the names of the last apply.
+struct EbpfCounterReader {
+    executor: Box<dyn BpfExecutor>,
+    names: Arc<Mutex<Arc<CounterNames>>>,
+}
+
+impl CounterReader for EbpfCounterReader {
+    fn counters(&mut self) -> Result<Counters, DataplaneError> {
+        let names = Arc::clone(&self.names.lock().unwrap_or_else(|p| p.into_inner()));
+        if !self.executor.is_loaded() {
+            return Ok(Counters::default());
+        }
+        read_counters(self.executor.as_mut(), &names)
+            .map_err(|e| failed("reading the eBPF counters", e))
+    }
 }
 
 impl<E: BpfExecutor> EbpfDataplane<E> {
@@ -173,6 +231,7 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
             events: None,
             event_config_written: false,
             origin_tags_written: 0,
+            published: Arc::default(),
         }
     }
 
@@ -419,6 +478,13 @@ impl<E: BpfExecutor> EbpfDataplane<E> {
         if let Some(text) = ids_text {
             self.executor.write_state(IDS_FILE, &text)?;
             self.ids_written = Some(counts);
+            if let Some(ids) = &self.ids {
+                *self.published.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(CounterNames {
+                        origins: ids.origins.clone(),
+                        slots: ids.slots.clone(),
+                    });
+            }
         }
         // Interfaces: re-read the routes when endpoints came or moved, or on a full apply.
         let reread = diff.is_none_or(|d| {
@@ -557,30 +623,12 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
         }
         let read = |me: &mut Self| -> Result<Counters, BpfError> {
             let ids = me.load_ids()?;
-            let mut c = Counters::default();
-            for (i, origin) in ids.origins.iter().enumerate() {
-                let (packets, bytes) = me.executor.count(MapKind::AllowCounts, i as u32 + 1)?;
-                if packets > 0 {
-                    let e = c.allowed.entry(origin.clone()).or_default();
-                    e.packets += packets;
-                    e.bytes += bytes;
-                }
-            }
-            for (slot, name) in ids.slots.iter().enumerate() {
-                for (d, dir) in [(0u32, Direction::Ingress), (1, Direction::Egress)] {
-                    for (map, out) in [
-                        (MapKind::DenyCounts, &mut c.default_deny),
-                        (MapKind::AuditCounts, &mut c.audit_denied),
-                    ] {
-                        let (packets, bytes) = me.executor.count(map, slot as u32 * 2 + d)?;
-                        if packets > 0 {
-                            out.insert((name.clone(), dir), Count { packets, bytes });
-                        }
-                    }
-                }
-            }
+            let names = CounterNames {
+                origins: ids.origins.clone(),
+                slots: ids.slots.clone(),
+            };
             me.ids = Some(ids);
-            Ok(c)
+            read_counters(&mut me.executor, &names)
         };
         read(self).map_err(|e| failed(action, e))
     }
@@ -602,6 +650,17 @@ impl<E: BpfExecutor> Dataplane for EbpfDataplane<E> {
             me.executor.open_events()
         };
         open(self).map_err(|e| failed("opening verdict events (ring buffer)", e))
+    }
+
+    fn counter_reader(&mut self) -> Result<Box<dyn CounterReader>, DataplaneError> {
+        let executor = self.executor.reader().ok_or(DataplaneError::Unsupported {
+            backend: BACKEND,
+            what: "reading counters apart from applies with this executor",
+        })?;
+        Ok(Box::new(EbpfCounterReader {
+            executor,
+            names: Arc::clone(&self.published),
+        }))
     }
 }
 
