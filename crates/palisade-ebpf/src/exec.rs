@@ -53,7 +53,7 @@ pub trait BpfExecutor: Send {
     fn keys(&mut self, map: MapKind) -> Result<Vec<Vec<u8>>, BpfError> {
         Ok(self.entries(map)?.into_iter().map(|(k, _)| k).collect())
     }
-    /// A per-CPU counter summed over CPUs: (packets, bytes).
+    /// A counter of one of the counter maps: (packets, bytes).
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError>;
     /// Host routes (/32, /128) of the node, with their interfaces.
     fn host_routes(&mut self) -> Result<Vec<HostRoute>, BpfError>;
@@ -1027,19 +1027,15 @@ impl BpfExecutor for SystemBpf {
 
     fn count(&mut self, map: MapKind, index: u32) -> Result<(u64, u64), BpfError> {
         use libbpf_rs::MapCore;
-        let per_cpu = self
+        let v = self
             .handle(map)?
-            .lookup_percpu(&index.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .lookup(&index.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
             .map_err(|e| kernel(format!("lookup in {}", map.name()), e))?
             .unwrap_or_default();
-        let mut sum = (0u64, 0u64);
-        for v in per_cpu {
-            if v.len() >= 16 {
-                sum.0 += u64::from_ne_bytes(v[0..8].try_into().unwrap_or([0; 8]));
-                sum.1 += u64::from_ne_bytes(v[8..16].try_into().unwrap_or([0; 8]));
-            }
+        if v.len() < 16 {
+            return Ok((0, 0));
         }
-        Ok(sum)
+        Ok((layout::u64_at(&v, 0), layout::u64_at(&v, 8)))
     }
 
     fn host_routes(&mut self) -> Result<Vec<HostRoute>, BpfError> {

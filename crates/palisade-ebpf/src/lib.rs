@@ -38,8 +38,8 @@
 //!    {generation, class, peer address} -> group; `pal_ports` (LPM) {generation, protocol,
 //!    group, port prefix} -> verdict and RuleOrigin id. A miss is the class's *no match*:
 //!    default deny if isolated (counted per endpoint and direction in `pal_deny_cnt`), else
-//!    open. Allowed connections are counted per RuleOrigin in `pal_allow_cnt` (per-CPU) and
-//!    remembered in `pal_conns`.
+//!    open. Allowed connections are counted per RuleOrigin in `pal_allow_cnt` (shared
+//!    arrays bumped atomically) and remembered in `pal_conns`.
 //!
 //!    An endpoint entry also says, per direction, what a packet no rule matches gets:
 //!    default deny (isolated), *audit-denied* (policies in audit mode would isolate it: it
@@ -66,7 +66,7 @@
 //! ## Reading it back
 //! [`Dataplane::kernel_state`] prints the active generation canonically (classes and
 //! groups numbered by content, origins by name, counters left out): two dataplanes that
-//! enforce the same print the same. [`Dataplane::counters`] sums the per-CPU counters.
+//! enforce the same print the same. [`Dataplane::counters`] reads the counter maps.
 //!
 //! ## Where to start reading
 //! `layout.rs` (the bytes of every key and value), `plan.rs` (IR -> entries), then
