@@ -118,6 +118,7 @@ pub fn read_events(
 ) {
     let mut dedup = Deduplicator::new(DEDUP_WINDOW);
     let stdout = std::io::stdout();
+    let mut lost = 0;
     loop {
         match stop.try_recv() {
             Ok(()) | Err(TryRecvError::Disconnected) => return,
@@ -131,6 +132,15 @@ pub fn read_events(
                 continue;
             }
         };
+        let now_lost = source.lost();
+        if now_lost > lost {
+            tracing::warn!(
+                lost = now_lost - lost,
+                "verdict events lost before they were read"
+            );
+            metrics.verdict_events_lost.inc_by(now_lost - lost);
+            lost = now_lost;
+        }
         for report in reports {
             if !dedup.first(&report) {
                 metrics.verdict_retransmissions.inc();

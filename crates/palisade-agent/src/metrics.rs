@@ -35,6 +35,8 @@ pub struct Metrics {
     pub verdict_events: Family<KindLabel, Counter>,
     /// Kernel reports folded into an earlier event of the same connection attempt.
     pub verdict_retransmissions: Counter,
+    /// Reports lost between the kernel and the agent (see `EventSource::lost`).
+    pub verdict_events_lost: Counter,
     /// From the agent reading a kernel report to its event being written and sent.
     pub verdict_event_delay: Histogram,
 }
@@ -72,6 +74,7 @@ impl Metrics {
             audit_denied_packets: Family::default(),
             verdict_events: Family::default(),
             verdict_retransmissions: Counter::default(),
+            verdict_events_lost: Counter::default(),
             verdict_event_delay: Histogram::new(exponential_buckets(0.00001, 2.0, 16)),
             registry: Registry::default(),
         };
@@ -150,6 +153,11 @@ impl Metrics {
             "verdict_event_retransmissions",
             "Kernel reports folded into an earlier event of the same connection attempt",
             m.verdict_retransmissions.clone(),
+        );
+        registry.register(
+            "verdict_events_lost",
+            "Kernel reports lost before the agent read them (NFLOG buffer overflows, a full BPF ring buffer)",
+            m.verdict_events_lost.clone(),
         );
         registry.register(
             "verdict_event_delay_seconds",

@@ -274,6 +274,14 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } pal_events SEC(".maps");
 
+// Reports the ring buffer had no room for (the reader is behind).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} pal_events_lost SEC(".maps");
+
 struct pkt {
 	__u8 family;
 	__u8 proto;
@@ -482,8 +490,13 @@ static __always_inline void report(const struct pkt *p, __u8 verdict, __u32 dir,
 	if (!take_token(limit_key, now, cfg))
 		return;
 	struct event *e = bpf_ringbuf_reserve(&pal_events, sizeof(*e), 0);
-	if (!e)
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&pal_events_lost, &zero);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
 		return;
+	}
 	e->tag = tag;
 	e->verdict = verdict;
 	e->family = p->family;

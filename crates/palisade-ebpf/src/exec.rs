@@ -523,6 +523,8 @@ struct RingEvents {
     received: std::sync::mpsc::Receiver<KernelEvent>,
     malformed: Arc<std::sync::atomic::AtomicU64>,
     _map: libbpf_rs::MapHandle,
+    /// `pal_events_lost`.
+    lost: libbpf_rs::MapHandle,
 }
 
 impl std::fmt::Debug for RingEvents {
@@ -532,9 +534,13 @@ impl std::fmt::Debug for RingEvents {
 }
 
 impl RingEvents {
-    fn open(pin: &Path) -> Result<RingEvents, BpfError> {
-        let map = libbpf_rs::MapHandle::from_pinned_path(pin)
-            .map_err(|e| kernel(format!("opening pinned map {}", pin.display()), e))?;
+    fn open(pin: &Path, lost_pin: &Path) -> Result<RingEvents, BpfError> {
+        let open = |pin: &Path| {
+            libbpf_rs::MapHandle::from_pinned_path(pin)
+                .map_err(|e| kernel(format!("opening pinned map {}", pin.display()), e))
+        };
+        let map = open(pin)?;
+        let lost = open(lost_pin)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let malformed = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let bad = Arc::clone(&malformed);
@@ -560,6 +566,7 @@ impl RingEvents {
             received: rx,
             malformed,
             _map: map,
+            lost,
         })
     }
 }
@@ -574,9 +581,18 @@ impl EventSource for RingEvents {
         Ok(self.received.try_iter().collect())
     }
 
-    /// Records of a shape this reader does not know (a program of another version).
+    /// Reports the ring had no room for, and records of a shape this reader does not know
+    /// (a program of another version).
     fn lost(&self) -> u64 {
-        self.malformed.load(std::sync::atomic::Ordering::Relaxed)
+        use libbpf_rs::MapCore;
+        let no_room = self
+            .lost
+            .lookup(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .ok()
+            .flatten()
+            .filter(|v| v.len() >= 8)
+            .map_or(0, |v| layout::u64_at(&v, 0));
+        no_room + self.malformed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -1207,7 +1223,10 @@ impl BpfExecutor for SystemBpf {
         Ok(())
     }
     fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
-        Ok(Box::new(RingEvents::open(&self.map_pin(MapKind::Events))?))
+        Ok(Box::new(RingEvents::open(
+            &self.map_pin(MapKind::Events),
+            &self.map_pin(MapKind::EventsLost),
+        )?))
     }
 
     fn reader(&self) -> Option<Box<dyn BpfExecutor>> {

@@ -23,10 +23,12 @@ pub enum MapKind {
     Limits,
     /// The ring buffer of verdict events.
     Events,
+    /// Reports the ring buffer had no room for.
+    EventsLost,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 13] = [
+    pub const ALL: [MapKind; 14] = [
         MapKind::Config,
         MapKind::Endpoints,
         MapKind::Peers,
@@ -40,6 +42,7 @@ impl MapKind {
         MapKind::EventConfig,
         MapKind::Limits,
         MapKind::Events,
+        MapKind::EventsLost,
     ];
     /// The maps whose keys carry a generation: the policy.
     pub const POLICY: [MapKind; 3] = [MapKind::Endpoints, MapKind::Peers, MapKind::Ports];
@@ -59,6 +62,7 @@ impl MapKind {
             MapKind::EventConfig => "pal_event_cfg",
             MapKind::Limits => "pal_limits",
             MapKind::Events => "pal_events",
+            MapKind::EventsLost => "pal_events_lost",
         }
     }
 

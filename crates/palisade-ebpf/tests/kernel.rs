@@ -305,3 +305,74 @@ fn the_kernel_program_lets_no_forged_packet_ride_a_flow() {
     );
     dp.remove().expect("remove");
 }
+
+/// The loaded program's verdict events (BPF_PROG_TEST_RUN): a denied SYN is reported with
+/// the tag of its reason and the packet's tuple; with nobody reading, a flood fills the ring
+/// buffer and what had no room is counted as lost, never blocking the packet path.
+#[test]
+fn the_kernel_program_reports_denials_and_counts_what_the_ring_cannot_hold() {
+    use palisade_ir::events::{EventConfig, EventTag};
+    if !can_run_root_tests(true) {
+        return;
+    }
+    let ns = TestNetns::create();
+    let exec = SystemBpf::in_netns(&ns.0);
+    let a = [10, 1, 0, 1];
+    let b = [10, 0, 0, 9];
+    let mut rs = NodeRuleset {
+        node: "n".into(),
+        ..Default::default()
+    };
+    rs.endpoints.insert(
+        "ns/a".into(),
+        Endpoint {
+            name: "ns/a".into(),
+            ips: vec![std::net::IpAddr::from(a)],
+            ingress: DirectionRules {
+                isolated: true,
+                isolated_by: vec!["ns/p".into()],
+                ..Default::default()
+            },
+            egress: DirectionRules::default(),
+        },
+    );
+    // No rate limit to speak of: the ring buffer is what bounds the reports here.
+    let events = EventConfig {
+        rate_per_second: 1_000_000,
+        burst: 1_000_000,
+        ..EventConfig::default()
+    };
+    let mut dp = EbpfDataplane::new(SystemBpf::in_netns(&ns.0)).with_events(Some(events));
+    let mut source = dp.events().expect("ring buffer");
+    dp.apply_full(&rs).expect("apply");
+    let run = |sport: u16| {
+        exec.test_run(true, &tcp_frame(b, a, sport, 80, true), 2, 7)
+            .expect("test run")
+    };
+    assert_eq!(run(40000), SHOT);
+    let got = source.recv(Duration::from_millis(500)).expect("recv");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].tag, EventTag::denied("ns/a", Direction::Ingress));
+    assert_eq!(
+        (got[0].packet.src_port, got[0].packet.dst_port),
+        (Some(40000), Some(80))
+    );
+    assert_eq!(source.lost(), 0);
+    // 256 KiB of ring hold about 4,700 records of 48 bytes (+ 8 of header): 8,000 denied
+    // SYNs, nobody reading.
+    for i in 0..8000u16 {
+        assert_eq!(run(10000 + i), SHOT);
+    }
+    let mut read = 0;
+    for _ in 0..50 {
+        let batch = source.recv(Duration::from_millis(100)).expect("recv");
+        if batch.is_empty() {
+            break;
+        }
+        read += batch.len() as u64;
+    }
+    let lost = source.lost();
+    assert!(lost > 0, "the ring overflowed: {read} read");
+    assert_eq!(read + lost, 8000, "every report is read or counted lost");
+    dp.remove().expect("remove");
+}

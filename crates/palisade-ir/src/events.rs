@@ -352,7 +352,9 @@ pub struct KernelEvent {
 pub trait EventSource: Send {
     /// Waits up to `timeout` for reports; returns those that arrived (maybe none).
     fn recv(&mut self, timeout: Duration) -> Result<Vec<KernelEvent>, DataplaneError>;
-    /// Reports the kernel could not deliver (a full socket buffer), if the source knows.
+    /// Reports lost on the way, as far as the source can tell (NFLOG: the times the socket
+    /// buffer overflowed, each losing one or more; a BPF ring buffer: reports it had no room
+    /// for), and records it could not read. Only grows.
     fn lost(&self) -> u64 {
         0
     }

@@ -57,6 +57,8 @@ pub struct NflogSource {
     group: u16,
     buffer: Vec<u8>,
     foreign: u64,
+    /// Receive-buffer overflows (ENOBUFS): each lost one or more reports.
+    overflows: u64,
 }
 
 impl NflogSource {
@@ -73,6 +75,7 @@ impl NflogSource {
             group,
             buffer: vec![0; 1 << 16],
             foreign: 0,
+            overflows: 0,
         };
         source.bind()?;
         Ok(source)
@@ -144,7 +147,10 @@ impl NflogSource {
             let n = match self.socket.recv(&mut &mut self.buffer[..], 0) {
                 Ok(n) => n,
                 // ENOBUFS: the kernel dropped reports for want of buffer; go on reading.
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => continue,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                    self.overflows += 1;
+                    continue;
+                }
                 Err(e) => return Err(NflogError::socket(group, "recv", e)),
             };
             let received = Instant::now();
@@ -212,6 +218,9 @@ impl EventSource for NflogSource {
             action: "reading verdict events".into(),
             message: e.to_string(),
         })
+    }
+    fn lost(&self) -> u64 {
+        self.overflows
     }
 }
 
