@@ -1,6 +1,5 @@
 //! The real kernel (root): the verifier accepts both programs, TCX and the clsact fallback
-//! enforce the same, counters count (read by the dataplane or by a counter reader on another
-//! thread), and `remove()` leaves nothing attached or pinned.
+//! enforce the same, counters count, and `remove()` leaves nothing attached or pinned.
 
 use std::time::Duration;
 
@@ -113,14 +112,6 @@ fn tcx_and_clsact_enforce_count_and_remove_cleanly() {
         };
         let pins = exec.pin_dir().to_path_buf();
         let mut dp = EbpfDataplane::new(exec);
-        let mut reader = dp.counter_reader().expect("SystemBpf has a counter reader");
-        let mut read_apart = || {
-            std::thread::scope(|s| {
-                s.spawn(|| reader.counters().expect("reader"))
-                    .join()
-                    .unwrap()
-            })
-        };
         dp.apply_full(&rs)
             .expect("apply (the verifier accepts both programs)");
         for family in [IpFamily::V4, IpFamily::V6] {
@@ -166,13 +157,7 @@ fn tcx_and_clsact_enforce_count_and_remove_cleanly() {
             counters.default_deny[&(server.to_string(), Direction::Ingress)].packets >= 2,
             "{counters:?}"
         );
-        assert_eq!(
-            read_apart(),
-            counters,
-            "a reader on another thread reads the same"
-        );
         dp.remove().expect("remove");
-        assert_eq!(read_apart(), palisade_ir::Counters::default());
         assert!(!pins.exists(), "remove() unpins everything");
         assert!(!tc_filters("ingress").contains("palisade"));
         assert!(!tc_filters("egress").contains("palisade"));

@@ -10,7 +10,8 @@
 //! - [`failed_apply_keeps_previous`]: a transaction the kernel rejects leaves the previous
 //!   ruleset in force (real packets) and is reported.
 //! - [`counters_follow_real_packets`]: allowed connections are counted on the rule eval
-//!   attributes them to, denied ones on the endpoint's default deny (both families).
+//!   attributes them to, denied ones on the endpoint's default deny (both families), and
+//!   a counter reader on another thread reads the same, after applies and a removal.
 //! - [`drift_is_repaired`]: someone deleting the backend's rules is undone by the
 //!   reconciler's periodic full apply within a bounded time.
 //!
@@ -34,7 +35,7 @@ use palisade_ir::events::EventConfig;
 use palisade_ir::{
     AllowRule, Dataplane, Direction, DirectionRules, Endpoint, NodeRuleset, PeerMatch, PeerSet,
     PortMatch, PortRange, PortSet, Protocol as IrProtocol, Reconciler, ReconcilerConfig,
-    RuleOrigin, SetId,
+    RuleOrigin, RulesetDiff, SetId,
 };
 use palisade_lab::enforce::{Enforcer, LabProber};
 use palisade_lab::{Lab, LabPod, LabSpec, ProbeOutcome, can_run_root_tests};
@@ -306,6 +307,22 @@ pub fn counters_follow_real_packets(b: &BackendUnderTest) {
         },
     );
     let mut dp = (b.make)(lab.node_netns(1));
+    // The agent reads counters on a thread of its own through a reader made before the
+    // first apply: it must read what the dataplane reads, named after the last apply.
+    let mut reader = dp.counter_reader().expect("a counter reader");
+    let mut read_apart = || {
+        std::thread::scope(|s| {
+            s.spawn(|| reader.counters().expect("counter reader"))
+                .join()
+                .expect("reader thread")
+        })
+    };
+    assert_eq!(
+        read_apart(),
+        palisade_ir::Counters::default(),
+        "{}: nothing to read before the first apply",
+        b.name
+    );
     dp.apply_full(&rs).expect("apply");
     let before = dp.counters().expect("counters");
     for family in [IpFamily::V4, IpFamily::V6] {
@@ -341,7 +358,29 @@ pub fn counters_follow_real_packets(b: &BackendUnderTest) {
         "{}: {after:?}",
         b.name
     );
+    assert_eq!(read_apart(), after, "{}: the reader reads the same", b.name);
+    // An update that adds an endpoint with a rule of its own: the reader follows it.
+    let mut updated = rs.clone();
+    let mut other = updated.endpoints[&server.to_string()].clone();
+    other.name = "c/other".into();
+    other.ips = vec!["198.18.250.7".parse().expect("address")];
+    other.ingress.rules[0].origin = origin("other");
+    updated.endpoints.insert(other.name.clone(), other);
+    dp.apply_update(&rs, &updated, &RulesetDiff::between(&rs, &updated))
+        .expect("update");
+    assert_eq!(
+        read_apart(),
+        dp.counters().expect("counters"),
+        "{}: the reader reads the same after an update",
+        b.name
+    );
     dp.remove().expect("remove");
+    assert_eq!(
+        read_apart(),
+        palisade_ir::Counters::default(),
+        "{}: nothing to read after remove()",
+        b.name
+    );
 }
 
 /// Two pods across nodes: client (node 0) -> server (node 1) serving TCP 80 and 81.
