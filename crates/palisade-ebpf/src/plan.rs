@@ -506,19 +506,6 @@ fn group_entries(
             layout::port_key(0, group, 0, 0),
             layout::verdict(base.0, oid),
         );
-        let mut emit =
-            |proto: u8, first: u16, last: u16, (action, origin): (u32, Option<&RuleOrigin>)| {
-                let oid = origin.map_or(0, |o| ids.origin(o));
-                for (port, plen) in layout::port_prefixes(first, last) {
-                    ports.insert(
-                        layout::port_key(proto, group, port, plen),
-                        layout::verdict(action, oid),
-                    );
-                }
-            };
-        for protocol in Protocol::ALL {
-            emit(protocol.number(), 0, u16::MAX, base);
-        }
     }
     let mut emit =
         |proto: u8, first: u16, last: u16, (action, origin): (u32, Option<&RuleOrigin>)| {
@@ -530,6 +517,11 @@ fn group_entries(
                 );
             }
         };
+    if !base_is_miss {
+        for protocol in Protocol::ALL {
+            emit(protocol.number(), 0, u16::MAX, base);
+        }
+    }
     for protocol in Protocol::ALL {
         let spans: Vec<Vec<(u16, u16)>> = holders
             .iter()

@@ -230,22 +230,8 @@ fn tcp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn_only: bool)
     f
 }
 
-const SHOT: i32 = 2;
-const PASS: i32 = -1;
-
-/// The loaded program itself (BPF_PROG_TEST_RUN, no packet leaves anywhere): a reply
-/// passes on the interface and direction its flow was seen, a forged copy on another
-/// interface, another port pair, or a SYN with the reply's tuple is judged and dropped.
-#[test]
-fn the_kernel_program_lets_no_forged_packet_ride_a_flow() {
-    if !can_run_root_tests(true) {
-        return;
-    }
-    let ns = TestNetns::create();
-    let exec = SystemBpf::in_netns(&ns.0);
-    let a = [10, 1, 0, 1];
-    let b = [10, 0, 0, 9];
-    // ns/a (10.1.0.1): ingress isolated with no rule (deny all), egress open.
+/// `ns/a` at `a`: ingress isolated with no rule (deny all), egress open.
+fn deny_all_ingress_of(a: [u8; 4]) -> NodeRuleset {
     let mut rs = NodeRuleset {
         node: "n".into(),
         ..Default::default()
@@ -263,6 +249,25 @@ fn the_kernel_program_lets_no_forged_packet_ride_a_flow() {
             egress: DirectionRules::default(),
         },
     );
+    rs
+}
+
+const SHOT: i32 = 2;
+const PASS: i32 = -1;
+
+/// The loaded program itself (BPF_PROG_TEST_RUN, no packet leaves anywhere): a reply
+/// passes on the interface and direction its flow was seen, a forged copy on another
+/// interface, another port pair, or a SYN with the reply's tuple is judged and dropped.
+#[test]
+fn the_kernel_program_lets_no_forged_packet_ride_a_flow() {
+    if !can_run_root_tests(true) {
+        return;
+    }
+    let ns = TestNetns::create();
+    let exec = SystemBpf::in_netns(&ns.0);
+    let a = [10, 1, 0, 1];
+    let b = [10, 0, 0, 9];
+    let rs = deny_all_ingress_of(a);
     let mut dp = EbpfDataplane::new(SystemBpf::in_netns(&ns.0));
     dp.apply_full(&rs).expect("apply");
     let (d1, d2) = (2, 3);
@@ -304,23 +309,7 @@ fn the_kernel_program_reports_denials_and_counts_what_the_ring_cannot_hold() {
     let exec = SystemBpf::in_netns(&ns.0);
     let a = [10, 1, 0, 1];
     let b = [10, 0, 0, 9];
-    let mut rs = NodeRuleset {
-        node: "n".into(),
-        ..Default::default()
-    };
-    rs.endpoints.insert(
-        "ns/a".into(),
-        Endpoint {
-            name: "ns/a".into(),
-            ips: vec![std::net::IpAddr::from(a)],
-            ingress: DirectionRules {
-                isolated: true,
-                isolated_by: vec!["ns/p".into()],
-                ..Default::default()
-            },
-            egress: DirectionRules::default(),
-        },
-    );
+    let rs = deny_all_ingress_of(a);
     // No rate limit to speak of: the ring buffer is what bounds the reports here.
     let events = EventConfig {
         rate_per_second: 1_000_000,
