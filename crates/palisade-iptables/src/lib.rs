@@ -34,7 +34,7 @@ mod exec;
 mod plan;
 mod render;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
@@ -68,7 +68,7 @@ pub struct IptablesDataplane<E: IptablesExecutor> {
     applied: Option<Arc<Plan>>,
     /// The plan the kernel holds, for [`IptablesCounterReader`]s on other threads: the last
     /// applied one (kept when an apply fails).
-    published: Arc<Mutex<Option<Arc<Plan>>>>,
+    published: palisade_ir::PublishedPlan<Plan>,
     /// Verdict events through NFLOG (see [`palisade_ir::events`]); `None`: no logging.
     events: Option<EventConfig>,
 }
@@ -380,7 +380,7 @@ impl<E: IptablesExecutor + Send> Dataplane for IptablesDataplane<E> {
 pub struct IptablesCounterReader {
     executor: Box<dyn IptablesExecutor + Send>,
     backend: &'static str,
-    plan: Arc<Mutex<Option<Arc<Plan>>>>,
+    plan: palisade_ir::PublishedPlan<Plan>,
 }
 
 impl std::fmt::Debug for IptablesCounterReader {
@@ -391,32 +391,17 @@ impl std::fmt::Debug for IptablesCounterReader {
     }
 }
 
-impl IptablesCounterReader {
-    fn plan(&self) -> Option<Arc<Plan>> {
-        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 impl CounterReader for IptablesCounterReader {
-    /// Named after the plan in force before and after the listing; when an apply landed
-    /// in between, read once more (should that overlap an apply too, the newer plan names
-    /// it: the rule positions of a chain that changed may be off for that one read).
+    /// Named after the plan in force during the listing ([`palisade_ir::read_named_counters`]:
+    /// should an apply overlap both tries, the rule positions of a chain that changed may be
+    /// off for that one read).
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
-        let mut before = self.plan();
-        for attempt in 0..2 {
-            let Some(plan) = before else {
-                return Ok(Counters::default());
-            };
-            let saves = save_for_counters(self.executor.as_mut(), self.backend)?;
-            let after = self.plan();
-            match after {
-                Some(now) if Arc::ptr_eq(&now, &plan) || attempt == 1 => {
-                    return Ok(counters_of(&saves, &now));
-                }
-                _ => before = after,
-            }
-        }
-        Ok(Counters::default())
+        let (executor, backend) = (&mut self.executor, self.backend);
+        palisade_ir::read_named_counters(
+            &self.plan,
+            || save_for_counters(executor.as_mut(), backend),
+            counters_of,
+        )
     }
 }
 

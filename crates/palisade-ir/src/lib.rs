@@ -589,6 +589,38 @@ pub trait CounterReader: Send {
     fn counters(&mut self) -> Result<Counters, DataplaneError>;
 }
 
+/// What a backend's last successful apply planned, shared with its [`CounterReader`]: the
+/// kernel's counters are named after it.
+pub type PublishedPlan<P> = std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<P>>>>;
+
+/// Reads counters named after the plan in force while they were read: `read` lists the
+/// kernel, `name` names a listing after a plan. The plan must be the same before and after
+/// the listing; when an apply lands in between, the listing is read once more (should that
+/// overlap an apply too, the newer plan names it: at most the counters of what that apply
+/// changed are off for one read). Nothing applied yet: no counters.
+pub fn read_named_counters<P, L>(
+    published: &PublishedPlan<P>,
+    mut read: impl FnMut() -> Result<L, DataplaneError>,
+    name: impl Fn(&L, &P) -> Counters,
+) -> Result<Counters, DataplaneError> {
+    let plan = || published.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut before = plan();
+    for attempt in 0..2 {
+        let Some(planned) = before else {
+            return Ok(Counters::default());
+        };
+        let listing = read()?;
+        let after = plan();
+        match after {
+            Some(now) if std::sync::Arc::ptr_eq(&now, &planned) || attempt == 1 => {
+                return Ok(name(&listing, &now));
+            }
+            _ => before = after,
+        }
+    }
+    Ok(Counters::default())
+}
+
 /// Fixtures shared by this crate's unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures {
@@ -607,5 +639,70 @@ pub(crate) mod fixtures {
             },
             egress: DirectionRules::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod counter_naming_tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Counters whose only entry names the plan (a number) and the listing read.
+    fn named(listing: &u32, plan: &u32) -> Counters {
+        let mut c = Counters::default();
+        c.default_deny.insert(
+            (format!("plan {plan} listing {listing}"), Direction::Ingress),
+            Count::default(),
+        );
+        c
+    }
+
+    fn name_of(c: &Counters) -> &str {
+        &c.default_deny.keys().next().expect("one entry").0
+    }
+
+    #[test]
+    fn counters_are_named_after_the_plan_in_force_while_read() {
+        let published: PublishedPlan<u32> = PublishedPlan::default();
+        let read = |_: ()| Ok::<u32, DataplaneError>(1);
+        assert_eq!(
+            read_named_counters(&published, || read(()), named).unwrap(),
+            Counters::default(),
+            "nothing applied: no counters"
+        );
+        *published.lock().unwrap() = Some(Arc::new(7));
+        let c = read_named_counters(&published, || read(()), named).unwrap();
+        assert_eq!(name_of(&c), "plan 7 listing 1");
+
+        // An apply lands during the first listing: read again, named after the new plan.
+        let mut listings = 0;
+        let c = read_named_counters(
+            &published,
+            || {
+                listings += 1;
+                if listings == 1 {
+                    *published.lock().unwrap() = Some(Arc::new(8));
+                }
+                Ok(listings)
+            },
+            named,
+        )
+        .unwrap();
+        assert_eq!(name_of(&c), "plan 8 listing 2");
+
+        // Applies land during both listings: the second is named after the newest plan.
+        let mut listings = 0;
+        let c = read_named_counters(
+            &published,
+            || {
+                listings += 1;
+                *published.lock().unwrap() = Some(Arc::new(8 + listings));
+                Ok(listings)
+            },
+            named,
+        )
+        .unwrap();
+        assert_eq!(name_of(&c), "plan 10 listing 2");
     }
 }

@@ -42,7 +42,7 @@ mod plan;
 mod render;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use palisade_ir::events::{EventConfig, EventSource};
 use palisade_ir::{
@@ -120,7 +120,7 @@ pub struct NftDataplane<E: NftExecutor> {
     applied: Option<Arc<Plan>>,
     /// The plan the kernel holds, for [`NftCounterReader`]s on other threads: the last
     /// applied one (kept after a failed apply, which leaves the kernel as it was).
-    published: Arc<Mutex<Option<Arc<Plan>>>>,
+    published: palisade_ir::PublishedPlan<Plan>,
 }
 
 impl<E: NftExecutor> NftDataplane<E> {
@@ -321,7 +321,7 @@ impl<E: NftExecutor + Send> Dataplane for NftDataplane<E> {
 pub struct NftCounterReader {
     executor: Box<dyn NftExecutor + Send>,
     table: String,
-    plan: Arc<Mutex<Option<Arc<Plan>>>>,
+    plan: palisade_ir::PublishedPlan<Plan>,
 }
 
 impl std::fmt::Debug for NftCounterReader {
@@ -332,35 +332,18 @@ impl std::fmt::Debug for NftCounterReader {
     }
 }
 
-impl NftCounterReader {
-    fn plan(&self) -> Option<Arc<Plan>> {
-        self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
 impl CounterReader for NftCounterReader {
-    /// The listing is named after the plan in force before and after it. An apply landing
-    /// during the listing leaves it unclear which plan the listing shows (an endpoint
-    /// chain's counter can change from default deny to audit), so the read is made again,
-    /// once; should that overlap an apply too, the newer plan names it (chain names are
-    /// derived from the rule or the endpoint and direction, so at most that kind is off for
-    /// one read).
+    /// An apply landing during the listing leaves it unclear which plan the listing shows
+    /// (an endpoint chain's counter can change from default deny to audit): see
+    /// [`palisade_ir::read_named_counters`] (chain names are derived from the rule or the
+    /// endpoint and direction, so at most that kind is off for one read).
     fn counters(&mut self) -> Result<Counters, DataplaneError> {
-        let mut before = self.plan();
-        for attempt in 0..2 {
-            let Some(plan) = before else {
-                return Ok(Counters::default());
-            };
-            let listing = list_for_counters(self.executor.as_mut(), &self.table)?;
-            let after = self.plan();
-            match after {
-                Some(now) if Arc::ptr_eq(&now, &plan) || attempt == 1 => {
-                    return Ok(counters_of(&listing, &now));
-                }
-                _ => before = after,
-            }
-        }
-        Ok(Counters::default())
+        let (executor, table) = (&mut self.executor, &self.table);
+        palisade_ir::read_named_counters(
+            &self.plan,
+            || list_for_counters(executor.as_mut(), table),
+            |listing, plan| counters_of(listing, plan),
+        )
     }
 }
 
