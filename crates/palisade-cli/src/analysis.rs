@@ -187,7 +187,7 @@ pub struct LintArgs {
 
 #[derive(Debug, Args)]
 pub struct ConformanceArgs {
-    /// A case file in the format of shared/conformance/README.md.
+    /// A case file in the format of testdata/conformance/README.md.
     #[arg(long)]
     pub cases: PathBuf,
     /// Run with IPv4 or IPv6 pod addresses (default: both, one after the other).

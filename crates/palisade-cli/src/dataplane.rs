@@ -223,7 +223,7 @@ fn checked_state(loaded: &Loaded) -> anyhow::Result<ClusterState> {
 pub struct LabConformanceArgs {
     #[arg(long, value_enum, default_value_t = Backend::Nft)]
     pub backend: Backend,
-    /// A case file in the format of shared/conformance/README.md.
+    /// A case file in the format of testdata/conformance/README.md.
     #[arg(long)]
     pub cases: PathBuf,
     /// Run with IPv4 or IPv6 pod addresses (default: both, one after the other).

@@ -1,6 +1,6 @@
 //! # palisade-conformance
 //!
-//! Reads conformance case files (format: `../shared/conformance/README.md`: a model of
+//! Reads conformance case files (format: `testdata/conformance/README.md`: a model of
 //! namespaces and pods, then cases of steps that relabel, delete and apply policies and
 //! probe full reachability matrices) and runs them against a [`Prober`]: the engine's
 //! verdicts ([`EngineProber`]) or, in the lab, real packets through a dataplane.
