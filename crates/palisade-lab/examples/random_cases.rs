@@ -1,4 +1,4 @@
-//! Writes a random conformance case file (format: ../testdata/conformance/README.md) to
+//! Writes a random conformance case file (format: testdata/conformance/README.md) to
 //! stdout, for long `palisade lab conformance` runs: the upstream model (pods a, b, c in
 //! namespaces x, y, z), UDP-heavy cases of 2-5 steps that apply, replace and delete random
 //! policies and relabel pods, each step probing full matrices. The expectations are the
