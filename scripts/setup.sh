@@ -4,8 +4,8 @@
 set -euo pipefail
 
 # iptables ships both iptables-legacy and iptables-nft (the iptables dataplane is tested on
-# both); ipset holds its peer sets.
-packages=(nftables iptables ipset iproute2 iperf3 procps ca-certificates curl build-essential pkg-config graphviz
+# both); ipset holds its peer sets; iperf3 and conntrack serve the dataplane benchmarks.
+packages=(nftables iptables ipset iproute2 iperf3 conntrack procps ca-certificates curl build-essential pkg-config graphviz
   # palisade-ebpf: clang compiles the tc programs at build time (kernel and libbpf headers);
   # libbpf-sys builds its vendored libbpf against libelf and zlib.
   clang llvm libbpf-dev libelf-dev zlib1g-dev linux-libc-dev bpftool)
