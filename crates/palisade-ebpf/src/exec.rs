@@ -1220,6 +1220,10 @@ impl BpfExecutor for SystemBpf {
             std::fs::remove_dir_all(&state)
                 .map_err(|e| kernel(format!("removing {}", state.display()), e))?;
         }
+        // The shared roots go with the last scope; another dataplane's files keep them (a
+        // directory that is not empty is not removed).
+        let _ = std::fs::remove_dir(PIN_ROOT);
+        let _ = std::fs::remove_dir(STATE_ROOT);
         Ok(())
     }
     fn open_events(&mut self) -> Result<Box<dyn EventSource>, BpfError> {
@@ -1255,6 +1259,8 @@ fn link_alive(pin: &Path) -> bool {
 }
 
 /// `/run/palisade-ebpf/<scope>`: the small state files of a pin directory.
+const STATE_ROOT: &str = "/run/palisade-ebpf";
+
 fn state_dir(pin_dir: &Path) -> PathBuf {
-    Path::new("/run/palisade-ebpf").join(pin_dir.file_name().unwrap_or_default())
+    Path::new(STATE_ROOT).join(pin_dir.file_name().unwrap_or_default())
 }
