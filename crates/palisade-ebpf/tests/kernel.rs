@@ -252,6 +252,31 @@ fn deny_all_ingress_of(a: [u8; 4]) -> NodeRuleset {
     rs
 }
 
+/// A scratch namespace, an executor for BPF_PROG_TEST_RUN in it, the pod `a` whose ingress
+/// is denied and a peer `b`.
+struct TestRunSetup {
+    ns: TestNetns,
+    exec: SystemBpf,
+    a: [u8; 4],
+    b: [u8; 4],
+    rs: NodeRuleset,
+}
+
+impl TestRunSetup {
+    fn new() -> TestRunSetup {
+        let ns = TestNetns::create();
+        let exec = SystemBpf::in_netns(&ns.0);
+        let a = [10, 1, 0, 1];
+        TestRunSetup {
+            ns,
+            exec,
+            a,
+            b: [10, 0, 0, 9],
+            rs: deny_all_ingress_of(a),
+        }
+    }
+}
+
 const SHOT: i32 = 2;
 const PASS: i32 = -1;
 
@@ -263,11 +288,7 @@ fn the_kernel_program_lets_no_forged_packet_ride_a_flow() {
     if !can_run_root_tests(true) {
         return;
     }
-    let ns = TestNetns::create();
-    let exec = SystemBpf::in_netns(&ns.0);
-    let a = [10, 1, 0, 1];
-    let b = [10, 0, 0, 9];
-    let rs = deny_all_ingress_of(a);
+    let TestRunSetup { ns, exec, a, b, rs } = TestRunSetup::new();
     let mut dp = EbpfDataplane::new(SystemBpf::in_netns(&ns.0));
     dp.apply_full(&rs).expect("apply");
     let (d1, d2) = (2, 3);
@@ -305,11 +326,7 @@ fn the_kernel_program_reports_denials_and_counts_what_the_ring_cannot_hold() {
     if !can_run_root_tests(true) {
         return;
     }
-    let ns = TestNetns::create();
-    let exec = SystemBpf::in_netns(&ns.0);
-    let a = [10, 1, 0, 1];
-    let b = [10, 0, 0, 9];
-    let rs = deny_all_ingress_of(a);
+    let TestRunSetup { ns, exec, a, b, rs } = TestRunSetup::new();
     // No rate limit to speak of: the ring buffer is what bounds the reports here.
     let events = EventConfig {
         rate_per_second: 1_000_000,
